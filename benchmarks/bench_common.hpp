@@ -1,0 +1,116 @@
+// benchmarks/bench_common.hpp - tiers, thread counts, cold weight buffers, and the
+// streaming-read ceiling that every bandwidth-bound row divides by (bw_frac).
+#pragma once
+
+#include <dsv4/kernel_table.hpp>
+
+#include <benchmark/benchmark.h>
+#include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/parallel_for.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace bench {
+
+/// Tiers to benchmark: DSV4_ISA if set, else every tier this CPU runs.
+inline std::vector<dsv4::tier> tiers() {
+    std::vector<dsv4::tier> out;
+    if (const char* e = std::getenv("DSV4_ISA"); e && *e) {
+        out.push_back(dsv4::active_tier());  // validates the name
+        return out;
+    }
+    for (dsv4::tier t : dsv4::all_tiers)
+        if (dsv4::kernels_for(t)) out.push_back(t);
+    return out;
+}
+inline std::string tier_str(dsv4::tier t) { return std::string(dsv4::tier_name(t)); }
+
+/// 1 and all hardware threads (DSV4_BENCH_THREADS overrides the latter).
+inline std::vector<int> thread_counts() {
+    int all = int(std::max(1u, std::thread::hardware_concurrency()));
+    if (const char* e = std::getenv("DSV4_BENCH_THREADS"); e && *e) all = std::max(1, std::atoi(e));
+    return all == 1 ? std::vector<int>{1} : std::vector<int>{1, all};
+}
+
+/// Page-aligned buffer that is written once (so its pages are really backed).
+struct buffer {
+    std::unique_ptr<unsigned char, void (*)(void*)> p{nullptr, std::free};
+    std::size_t size = 0;
+    explicit buffer(std::size_t n, unsigned char fill = 0x5A) : size(n) {
+        p.reset(static_cast<unsigned char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096)));
+        std::memset(p.get(), fill, n);
+    }
+    unsigned char* data() const { return p.get(); }
+};
+
+/// Enough copies of a working set of `bytes` that rotating through them keeps every
+/// access cold: together at least 4x the last-level cache (256 MiB floor).
+inline std::size_t cold_copies(std::size_t bytes) {
+    const std::size_t want = std::size_t(256) << 20;
+    return std::max<std::size_t>(2, (want + bytes - 1) / bytes);
+}
+
+/// Runs body(i) for i in [0, n) on `threads` threads with oneTBB (dynamic chunks: a
+/// preempted thread does not stall the others).
+template <class F> void parallel_rows(int threads, std::size_t n, std::size_t grain, F&& body) {
+    if (threads <= 1) {
+        body(std::size_t(0), n);
+        return;
+    }
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain),
+                      [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
+}
+
+/// Streaming-read bandwidth (bytes/s) over `copies` cold buffers of `bytes`, with the
+/// best tier's read kernel, on `threads` threads: the ceiling for bw_frac. Median of 5.
+inline double stream_read_bps(std::size_t bytes, int threads) {
+    static std::mutex mu;
+    static std::map<std::pair<std::size_t, int>, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find({bytes, threads}); it != cache.end()) return it->second;
+    const auto& k = *dsv4::kernels_for(dsv4::best_tier(dsv4::host_cpu()));
+    const std::size_t copies = cold_copies(bytes);
+    std::vector<buffer> bufs;
+    for (std::size_t i = 0; i < copies; ++i) bufs.emplace_back(bytes);
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    std::vector<double> rates;
+    const std::size_t chunk = 64 * 1024;
+    for (int rep = 0; rep < 5; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        uint64_t sink = 0;
+        for (auto& b : bufs) {
+            std::atomic<uint64_t> acc{0};
+            parallel_rows(threads, (bytes + chunk - 1) / chunk, 1, [&](std::size_t c0, std::size_t c1) {
+                const std::size_t lo = c0 * chunk, hi = std::min(bytes, c1 * chunk);
+                acc += k.stream_read(b.data() + lo, hi - lo);
+            });
+            sink += acc.load();
+        }
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        benchmark::DoNotOptimize(sink);
+        rates.push_back(double(bytes) * double(copies) / s);
+    }
+    std::sort(rates.begin(), rates.end());
+    return cache[{bytes, threads}] = rates[rates.size() / 2];
+}
+
+/// Sets bytes/s, GFLOP/s and bw_frac (achieved bytes/s over the streaming ceiling).
+inline void set_rate_counters(benchmark::State& st, double bytes_per_iter, double flops_per_iter,
+                              double ceiling_bps) {
+    const double it = double(st.iterations());
+    st.SetBytesProcessed(int64_t(bytes_per_iter * it));
+    st.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * it * 1e-9, benchmark::Counter::kIsRate);
+    st.counters["bw_frac"] = benchmark::Counter(bytes_per_iter * it / ceiling_bps, benchmark::Counter::kIsRate);
+    st.counters["ceiling_GB/s"] = ceiling_bps * 1e-9;
+}
+
+}  // namespace bench

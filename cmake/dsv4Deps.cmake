@@ -1,0 +1,9 @@
+# Dependencies of the dsv4 INTERFACE target, shared by the build tree and dsv4Config.cmake.
+include(CMakeFindDependencyMacro)
+find_dependency(xsimd)
+find_dependency(TBB)
+# Debian's xsimd 8.1 package links an `xtl` target; without xtl-dev installed that
+# becomes `-lxtl` and the link fails. dsv4 does not use xtl: drop the link if absent.
+if(TARGET xsimd AND NOT TARGET xtl)
+  set_property(TARGET xsimd PROPERTY INTERFACE_LINK_LIBRARIES "")
+endif()

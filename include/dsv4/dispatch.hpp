@@ -1,0 +1,41 @@
+// dsv4/dispatch.hpp - how public entry points reach a kernel instantiation.
+//
+// DSV4_KERNEL(name) yields a pointer to kernels::name<Arch> for the arch in use: the
+// runtime-selected table's entry under DSV4_RUNTIME_DISPATCH, otherwise the
+// instantiation for this translation unit's own ISA (headers only, static dispatch).
+// Fetch it once per call and loop outside; never dispatch inside a hot loop.
+#pragma once
+
+#include "kernel_table.hpp"
+#include "memory.hpp"
+#include "quant.hpp"
+
+namespace dsv4 {
+inline namespace DSV4_ISA_NS {
+
+/// Builds the kernel table for Arch. Instantiated by dispatch/dsv4_tier.cpp per tier.
+template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for) noexcept {
+    kernel_table t{};
+    t.compiled_for = compiled_for;
+    t.decode_e4m3 = &kernels::decode_e4m3<Arch>;
+    t.decode_bf16 = &kernels::decode_bf16<Arch>;
+    t.encode_bf16 = &kernels::encode_bf16<Arch>;
+    t.decode_fp16 = &kernels::decode_fp16<Arch>;
+    t.encode_e4m3 = &kernels::encode_e4m3<Arch>;
+    t.encode_e2m1 = &kernels::encode_e2m1<Arch>;
+    t.act_quant_fp8_row = &kernels::act_quant_fp8_row<Arch>;
+    t.act_quant_fp8_sim_row = &kernels::act_quant_fp8_sim_row<Arch>;
+    t.fp4_act_quant_row = &kernels::fp4_act_quant_row<Arch>;
+    t.fp4_act_quant_sim_row = &kernels::fp4_act_quant_sim_row<Arch>;
+    t.stream_read = &kernels::stream_read<Arch>;
+    return t;
+}
+
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4
+
+#if DSV4_RUNTIME_DISPATCH
+#  define DSV4_KERNEL(name) (::dsv4::active_kernels().name)
+#else
+#  define DSV4_KERNEL(name) (&::dsv4::kernels::name<::dsv4::native_arch>)
+#endif

@@ -1,0 +1,6 @@
+// dsv4/dsv4.hpp - everything. Include the family headers instead to keep builds lean.
+#pragma once
+
+#include "codec.hpp"
+#include "formats.hpp"
+#include "isa.hpp"

@@ -1,0 +1,55 @@
+// dsv4/kernel_table.hpp - the table of kernel entry points that runtime dispatch
+// selects from. One instance per tier is compiled (dispatch/dsv4_tier.cpp); the
+// struct holds only function pointers, so it is the same type in every translation
+// unit whatever its ISA flags.
+#pragma once
+
+#include "isa.hpp"
+
+namespace dsv4 {
+
+enum class fp8_sim_revision : int;
+
+struct kernel_table {
+    /// The tier this table's code was compiled for, as seen by the preprocessor inside
+    /// its own translation unit (tests use it to prove a forced tier really ran).
+    tier compiled_for;
+
+    // codec (quant.hpp)
+    void (*decode_e4m3)(const uint8_t*, float*, std::size_t) noexcept;
+    void (*decode_bf16)(const uint16_t*, float*, std::size_t) noexcept;
+    void (*encode_bf16)(const float*, uint16_t*, std::size_t) noexcept;
+    void (*decode_fp16)(const uint16_t*, float*, std::size_t) noexcept;
+    void (*encode_e4m3)(const float*, uint8_t*, std::size_t) noexcept;
+    void (*encode_e2m1)(const float*, uint8_t*, std::size_t) noexcept;
+    void (*act_quant_fp8_row)(const uint16_t*, std::size_t, std::size_t, uint8_t*, uint8_t*) noexcept;
+    void (*act_quant_fp8_sim_row)(uint16_t*, std::size_t, std::size_t, fp8_sim_revision) noexcept;
+    void (*fp4_act_quant_row)(const uint16_t*, std::size_t, uint8_t*, uint8_t*) noexcept;
+    void (*fp4_act_quant_sim_row)(uint16_t*, std::size_t) noexcept;
+
+    // memory (memory.hpp)
+    uint64_t (*stream_read)(const void*, std::size_t) noexcept;
+};
+
+namespace detail {
+// Defined once per tier by dispatch/dsv4_tier.cpp (compiled with that tier's flags).
+const kernel_table& kernel_table_scalar() noexcept;
+const kernel_table& kernel_table_avx2() noexcept;
+const kernel_table& kernel_table_avx2_vnni() noexcept;
+const kernel_table& kernel_table_avx512() noexcept;
+const kernel_table& kernel_table_avx512_vnni() noexcept;
+}  // namespace detail
+
+// Runtime selection, defined in dispatch/dsv4_select.cpp (runtime-dispatch builds only).
+
+/// The features of the CPU this process runs on (detected once).
+const cpu_features& host_cpu() noexcept;
+/// The tier runtime dispatch uses: DSV4_ISA if set, else the best the CPU supports.
+/// Throws dsv4::error if DSV4_ISA names an unknown tier or one this CPU cannot run.
+tier active_tier();
+/// The kernel table of active_tier() (resolved once, then a cached pointer).
+const kernel_table& active_kernels();
+/// The table compiled for tier t, or nullptr if this CPU cannot run it.
+const kernel_table* kernels_for(tier t) noexcept;
+
+}  // namespace dsv4

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything dsv4 needs from Debian's packages. Idempotent: installs only what
+# is missing, and does nothing (no apt at all) when everything is already there.
+set -euo pipefail
+
+packages=(
+  cmake g++-12 clang-14 binutils make          # toolchains; binutils for the ISA check
+  libxsimd-dev xtl-dev                          # SIMD batches (xsimd 8.1 + the xtl it links)
+  libtbb-dev                                    # oneTBB: the thread-pool wrappers
+  libbenchmark-dev                              # Google Benchmark: dsv4-bench
+  doctest-dev                                   # tests
+  python3 python3-numpy                         # reference/ and the goldens
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to apt-get install ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+/usr/bin/python3 -c "import numpy" || { echo "setup: /usr/bin/python3 cannot import numpy" >&2; exit 1; }
+echo "setup: all dependencies present"

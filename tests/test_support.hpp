@@ -1,0 +1,78 @@
+// tests/test_support.hpp - goldens, tier tables and comparison helpers shared by tests.
+#pragma once
+
+#include "npy.hpp"
+
+#include <dsv4/kernel_table.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace dsv4_test {
+
+/// Root of the goldens written by reference/make_goldens.py (env DSV4_GOLDENS).
+inline std::string goldens_root() {
+    const char* g = std::getenv("DSV4_GOLDENS");
+    if (!g || !*g) throw dsv4::error("DSV4_GOLDENS is not set (ctest sets it)");
+    return g;
+}
+
+/// Case names of a golden family, in the order the reference wrote them.
+inline std::vector<std::string> golden_cases(const std::string& family) {
+    const std::string path = goldens_root() + "/" + family + "/cases.txt";
+    std::ifstream f(path);
+    if (!f) throw dsv4::error(path + ": missing (did the goldens fixture run?)");
+    std::vector<std::string> out;
+    for (std::string line; std::getline(f, line);)
+        if (!line.empty()) out.push_back(line);
+    return out;
+}
+
+/// One golden case: arrays loaded lazily by name.
+struct golden {
+    std::string dir;
+    golden(const std::string& family, const std::string& name) : dir(goldens_root() + "/" + family + "/" + name) {}
+    npy::array raw(const std::string& key) const { return npy::load(dir + "/" + key + ".npy"); }
+    template <class T> std::vector<T> get(const std::string& key) const { return raw(key).template as<T>(); }
+    std::vector<std::size_t> shape(const std::string& key) const { return raw(key).shape; }
+    bool has(const std::string& key) const { return std::ifstream(dir + "/" + key + ".npy").good(); }
+    int64_t scalar_i64(const std::string& key) const { return get<int64_t>(key).at(0); }
+};
+
+inline const dsv4::kernel_table& active() { return dsv4::active_kernels(); }
+inline const dsv4::kernel_table& scalar_table() { return *dsv4::kernels_for(dsv4::tier::scalar); }
+
+/// Bitwise float equality that treats every NaN as equal to every NaN.
+inline bool same_float(float a, float b) {
+    if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+    uint32_t x, y;
+    std::memcpy(&x, &a, 4);
+    std::memcpy(&y, &b, 4);
+    return x == y;
+}
+
+/// Deterministic pseudo-random generator (splitmix64) for property tests.
+struct rng {
+    uint64_t s;
+    explicit rng(uint64_t seed) : s(seed) {}
+    uint64_t next() {
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    uint32_t u32() { return uint32_t(next() >> 32); }
+    float uniform() { return float(next() >> 40) * 0x1p-24f; }  // [0, 1)
+    float normal() {
+        const float u1 = uniform() + 0x1p-25f, u2 = uniform();
+        return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853f * u2);
+    }
+};
+
+}  // namespace dsv4_test
