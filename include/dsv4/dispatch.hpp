@@ -9,6 +9,10 @@
 #include "kernel_table.hpp"
 #include "memory.hpp"
 #include "quant.hpp"
+#include "kernels/attention.hpp"
+#include "kernels/norm.hpp"
+#include "kernels/peak.hpp"
+#include "kernels/rope.hpp"
 
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
@@ -28,6 +32,11 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.fp4_act_quant_row = &kernels::fp4_act_quant_row<Arch>;
     t.fp4_act_quant_sim_row = &kernels::fp4_act_quant_sim_row<Arch>;
     t.stream_read = &kernels::stream_read<Arch>;
+    t.rmsnorm_row = &kernels::rmsnorm_row<Arch>;
+    t.q_head_norm_rows = &kernels::q_head_norm_rows<Arch>;
+    t.rope_rows = &kernels::rope_rows<Arch>;
+    t.sparse_attention_rows = &kernels::sparse_attention_rows<Arch>;
+    t.fma_peak = &kernels::fma_peak<Arch>;
     return t;
 }
 
