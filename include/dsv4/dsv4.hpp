@@ -2,5 +2,7 @@
 #pragma once
 
 #include "codec.hpp"
+#include "gemv.hpp"
+#include "parallel.hpp"
 #include "formats.hpp"
 #include "isa.hpp"
