@@ -201,20 +201,15 @@ DSV4_INLINE std::size_t q8_group_pos(std::size_t b, std::size_t i, std::size_t g
 /// FP4 row (fast mode): exact int8 block dots, scaled by d_a * 2^(e-127) / 2.
 template <class Arch, std::size_t MT>
 DSV4_INLINE void dot_fp4_q8_row(const uint8_t* w, const uint8_t* scale_row, std::size_t k, const int8_t* const* q,
-                                const float* const* d, float* y) noexcept {
+                                const float* const* d, const int32_t* const* corr, float* y) noexcept {
     constexpr std::size_t G = 128;  // group of 4 blocks
     std::size_t g0 = 0;
     if constexpr (!simd::is_scalar<Arch>) {
         using vf = simd::vf32<Arch>;
         vf acc[MT];
         for (auto& a : acc) a = vf(0.0f);
-        for (; g0 + G <= k; g0 += G) {
-            float s[MT * 4];
-            const uint8_t* sr = scale_row + g0 / 32;
-            for (std::size_t j = 0; j < MT; ++j)
-                for (std::size_t b = 0; b < 4; ++b) s[4 * j + b] = d[j][g0 / 32 + b] * (e8m0.v[sr[b]] * 0.5f);
-            simd::fp4q8_group_fma<MT>(Arch{}, w + g0 / 2, q, g0, s, acc);
-        }
+        for (; g0 + G <= k; g0 += G)
+            simd::fp4q8_group_fma<MT>(Arch{}, w + g0 / 2, scale_row + g0 / 32, q, d, corr, g0, acc);
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
     } else {
         for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
@@ -294,8 +289,11 @@ void fp8_acts_to_f32(const uint8_t* codes, const uint8_t* scales, std::size_t k,
 /// d = amax/127 (f32 division), q = round_to_nearest_even(x * (127/amax)), written in
 /// group layout (4 blocks of 32 per group; within a group the even-index elements of
 /// every block come first, then the odd ones; the last group may have fewer blocks).
-/// Identical on every tier (plain scalar code: it is O(k) beside O(n k) of weights).
-template <class Arch> void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d) noexcept {
+/// corr gets, per block, {12 * sum(q), 0, 0, 0} (k/8 int32): the SIMD dot products use
+/// the unsigned 2*e2m1 + 12 and subtract it. Identical on every tier (plain scalar code:
+/// it is O(k) beside O(n k) of weights).
+template <class Arch>
+void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d, int32_t* corr) noexcept {
     for (std::size_t g0 = 0; g0 < k; g0 += 128) {
         const std::size_t gb = std::min<std::size_t>(4, (k - g0) / 32);
         for (std::size_t b = 0; b < gb; ++b) {
@@ -305,10 +303,16 @@ template <class Arch> void quantize_q8_row(const uint16_t* x, std::size_t k, int
             const bool finite = amax_bits < 0x7F800000u;
             d[b0 / 32] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
             const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
+            int32_t sum = 0;
             for (std::size_t i = 0; i < 32; ++i) {
                 const float v = std::nearbyint(bf16_to_f32(x[b0 + i]) * inv);
-                q[g0 + gemv_detail::q8_group_pos(b, i, gb)] = int8_t(std::isnan(v) ? 0 : v);
+                const int8_t qi = int8_t(std::isnan(v) ? 0 : v);
+                q[g0 + gemv_detail::q8_group_pos(b, i, gb)] = qi;
+                sum += qi;
             }
+            int32_t* c = corr + (b0 / 32) * 4;
+            c[0] = simd::fp4_q8_offset * sum;
+            c[1] = c[2] = c[3] = 0;
         }
     }
 }
@@ -387,11 +391,13 @@ void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out
         [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
             const int8_t* q[MT];
             const float* d[MT];
+            const int32_t* c[MT];
             for (std::size_t j = 0; j < MT; ++j) {
                 q[j] = x.q + (m0 + j) * x.q_stride;
                 d[j] = x.scales + (m0 + j) * x.scales_stride;
+                c[j] = x.corr + (m0 + j) * x.corr_stride;
             }
-            gemv_detail::dot_fp4_q8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, q, d, y);
+            gemv_detail::dot_fp4_q8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, q, d, c, y);
         },
         [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
 }
@@ -437,12 +443,14 @@ void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_ro
             auto run = [&]<std::size_t MT>() {
                 const int8_t* q[MT];
                 const float* d[MT];
+                const int32_t* c[MT];
                 for (std::size_t j = 0; j < MT; ++j) {
                     q[j] = x.q + (m0 + j) * x.q_stride;
                     d[j] = x.scales + (m0 + j) * x.scales_stride;
+                    c[j] = x.corr + (m0 + j) * x.corr_stride;
                 }
-                gemv_detail::dot_fp4_q8_row<Arch, MT>(w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride, w1.k, q, d, y1);
-                gemv_detail::dot_fp4_q8_row<Arch, MT>(w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride, w3.k, q, d, y3);
+                gemv_detail::dot_fp4_q8_row<Arch, MT>(w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride, w1.k, q, d, c, y1);
+                gemv_detail::dot_fp4_q8_row<Arch, MT>(w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride, w3.k, q, d, c, y3);
             };
             switch (mt) {
                 case 4: run.template operator()<4>(); break;
