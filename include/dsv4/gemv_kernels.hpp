@@ -289,8 +289,8 @@ void fp8_acts_to_f32(const uint8_t* codes, const uint8_t* scales, std::size_t k,
 /// d = amax/127 (f32 division), q = round_to_nearest_even(x * (127/amax)), written in
 /// group layout (4 blocks of 32 per group; within a group the even-index elements of
 /// every block come first, then the odd ones; the last group may have fewer blocks).
-/// corr gets, per block, {12 * sum(q), 0, 0, 0} (k/8 int32): the SIMD dot products use
-/// the unsigned 2*e2m1 + 12 and subtract it. Identical on every tier (plain scalar code:
+/// corr gets, per block, {-12 * sum(q), 0, 0, 0} (k/8 int32): the SIMD dot products use
+/// the unsigned 2*e2m1 + 12 and start from it. Identical on every tier (plain scalar code:
 /// it is O(k) beside O(n k) of weights).
 template <class Arch>
 void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d, int32_t* corr) noexcept {
@@ -311,7 +311,7 @@ void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d, int3
                 sum += qi;
             }
             int32_t* c = corr + (b0 / 32) * 4;
-            c[0] = simd::fp4_q8_offset * sum;
+            c[0] = -simd::fp4_q8_offset * sum;
             c[1] = c[2] = c[3] = 0;
         }
     }

@@ -42,7 +42,7 @@ struct q8_rows {
     std::size_t q_stride = 0;  ///< elements between rows (>= k)
     const float* scales = nullptr;
     std::size_t scales_stride = 0;  ///< elements between rows (>= k/32)
-    const int32_t* corr = nullptr;  ///< per block {12 * sum(q), 0, 0, 0}: k/32*4 per row
+    const int32_t* corr = nullptr;  ///< per block {-12 * sum(q), 0, 0, 0}: k/32*4 per row
     std::size_t corr_stride = 0;    ///< elements between rows (>= k/8)
     std::size_t m = 0;
 };

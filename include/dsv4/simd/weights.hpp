@@ -7,8 +7,8 @@
 //  * FP4 e2m1 -> int8: 2*e2m1 is an integer in {0,1,2,3,4,6,8,12} with sign, so one pshufb
 //    table lookup per 16 nibbles is exact; callers fold the factor 1/2 into the scale.
 //  * int8 dot products for the fast FP4 path: maddubs+madd (AVX2, AVX-512BW) or vpdpbusd
-//    (AVX-VNNI, AVX512-VNNI) on 2*e2m1 + 12 (0..24, unsigned) and int8 activations, then
-//    12 * sum(a) per block is subtracted; 2 * 24 * 127 cannot saturate the int16 pairs.
+//    (AVX-VNNI, AVX512-VNNI) on 2*e2m1 + 12 (0..24, unsigned) and int8 activations, each
+//    block's sum starting at -12 * sum(a); 2 * 24 * 127 cannot saturate the int16 pairs.
 #pragma once
 
 #include "vec.hpp"
@@ -22,7 +22,7 @@ namespace simd {
 /// 2*e2m1 as int8, indexed by the nibble.
 alignas(16) inline constexpr int8_t e2m1_x2_table[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 /// 2*e2m1 + 12 as uint8 (0..24): an unsigned operand for u8 x s8 dot products without
-/// moving signs around; the fast path subtracts 12 * sum(a) per block (q8_rows::corr).
+/// moving signs around; the fast path starts each block's sum at -12 * sum(a) (q8_rows::corr).
 alignas(16) inline constexpr uint8_t e2m1_x2_plus12_table[16] = {12, 13, 14, 15, 16, 18, 20, 24,
                                                                  12, 11, 10, 9, 8, 6, 4, 0};
 inline constexpr int32_t fp4_q8_offset = 12;
@@ -108,8 +108,8 @@ DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const i
         for (int h = 0; h < 2; ++h) {  // blocks 2h, 2h+1: int32 lanes 0-3 and 4-7
             const __m256i al = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aj + 32 * h));
             const __m256i ah = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aj + 64 + 32 * h));
-            __m256i dot = _mm256_sub_epi32(dot_u8s8(A{}, _mm256_setzero_si256(), ul[h], al),
-                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + 8 * h)));
+            // starts from -12 * sum(a) per block (q8_rows::corr)
+            __m256i dot = dot_u8s8(A{}, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + 8 * h)), ul[h], al);
             dot = dot_u8s8(A{}, dot, uh[h], ah);
             r = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_permutevar8x32_ps(s4, h ? hi_idx : lo_idx), r);
         }
@@ -162,8 +162,8 @@ DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const i
     const __m128 ws = fp4_w_scales4(sw);
     for (std::size_t j = 0; j < MT; ++j) {
         const int8_t* aj = a[j] + g0;
-        const __m512i c = _mm512_loadu_si512(corr[j] + g0 / 32 * 4);  // 12 * sum(a) per block, lane 0 of 4
-        __m512i dot = dot_u8s8(A{}, _mm512_sub_epi32(_mm512_setzero_si512(), c), ul, _mm512_loadu_si512(aj));
+        const __m512i c = _mm512_loadu_si512(corr[j] + g0 / 32 * 4);  // -12 * sum(a) per block, lane 0 of 4
+        __m512i dot = dot_u8s8(A{}, c, ul, _mm512_loadu_si512(aj));
         dot = dot_u8s8(A{}, dot, uh, _mm512_loadu_si512(aj + 64));
         const __m128 s4 = _mm_mul_ps(_mm_loadu_ps(d[j] + g0 / 32), ws);
         acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4)), acc[j]);
