@@ -7,6 +7,7 @@
 #pragma once
 
 #include "kernel_table.hpp"
+#include "gemv_kernels.hpp"
 #include "memory.hpp"
 #include "quant.hpp"
 #include "kernels/attention.hpp"
@@ -37,6 +38,16 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.rope_rows = &kernels::rope_rows<Arch>;
     t.sparse_attention_rows = &kernels::sparse_attention_rows<Arch>;
     t.fma_peak = &kernels::fma_peak<Arch>;
+    t.fp8_acts_to_f32 = &kernels::fp8_acts_to_f32<Arch>;
+    t.quantize_q8_row = &kernels::quantize_q8_row<Arch>;
+    t.f32_gemv_rows = &kernels::f32_gemv_rows<Arch>;
+    t.bf16_gemv_rows = &kernels::bf16_gemv_rows<Arch>;
+    t.fp8_gemv_rows = &kernels::fp8_gemv_rows<Arch>;
+    t.fp8_grouped_gemv_rows = &kernels::fp8_grouped_gemv_rows<Arch>;
+    t.fp4_gemv_rows = &kernels::fp4_gemv_rows<Arch>;
+    t.fp4_gemv_q8_rows = &kernels::fp4_gemv_q8_rows<Arch>;
+    t.fp4_gate_up_rows = &kernels::fp4_gate_up_rows<Arch>;
+    t.fp4_gate_up_q8_rows = &kernels::fp4_gate_up_q8_rows<Arch>;
     return t;
 }
 

@@ -3,6 +3,8 @@
 
 #include "attention.hpp"
 #include "codec.hpp"
+#include "gemv.hpp"
+#include "parallel.hpp"
 #include "formats.hpp"
 #include "isa.hpp"
 #include "norm.hpp"

@@ -4,6 +4,7 @@
 // unit whatever its ISA flags.
 #pragma once
 
+#include "gemv_types.hpp"
 #include "isa.hpp"
 
 namespace dsv4 {
@@ -39,6 +40,20 @@ struct kernel_table {
                                   float*) noexcept;
     // compute ceiling (kernels/peak.hpp)
     uint64_t (*fma_peak)(uint64_t, float*) noexcept;
+    // gemv (gemv_kernels.hpp): row-range kernels, rows [r0, r1)
+    void (*fp8_acts_to_f32)(const uint8_t*, const uint8_t*, std::size_t, float*) noexcept;
+    void (*quantize_q8_row)(const uint16_t*, std::size_t, int8_t*, float*, int32_t*) noexcept;
+    void (*f32_gemv_rows)(const f32_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
+    void (*bf16_gemv_rows)(const bf16_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
+    void (*fp8_gemv_rows)(const fp8_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
+    void (*fp8_grouped_gemv_rows)(const fp8_matrix&, std::size_t, const f32_rows&, const gemv_out&, std::size_t,
+                                  std::size_t) noexcept;
+    void (*fp4_gemv_rows)(const fp4_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
+    void (*fp4_gemv_q8_rows)(const fp4_matrix&, const q8_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
+    void (*fp4_gate_up_rows)(const fp4_matrix&, const fp4_matrix&, const f32_rows&, const swiglu_epilogue&,
+                             const gemv_out&, std::size_t, std::size_t) noexcept;
+    void (*fp4_gate_up_q8_rows)(const fp4_matrix&, const fp4_matrix&, const q8_rows&, const swiglu_epilogue&,
+                                const gemv_out&, std::size_t, std::size_t) noexcept;
 };
 
 namespace detail {

@@ -1,0 +1,172 @@
+// dsv4/gemv.hpp - checked public entry points of the GEMV family (kernels and layouts:
+// gemv_kernels.hpp and gemv_types.hpp).
+//
+// Every GEMV takes a row range [r0, r1) of the weight matrix (default: all rows) so any
+// thread pool can split the work; results do not depend on the split. dsv4::par::...
+// (parallel.hpp) are oneTBB conveniences over the same entry points. Nothing allocates:
+// the f32 / int8 activation buffers are the caller's (fp8_acts_to_f32, quantize_q8).
+//
+// Preconditions (dsv4::error otherwise): non-null pointers where rows exist; strides at
+// least the row; FP4 k % 32 == 0, FP8 k % 128 == 0; r0 <= r1 <= n; exactly one output.
+// Weights may sit anywhere (no alignment needed); kernels read exactly the bytes of
+// the rows they compute and of the activation rows, never past them.
+#pragma once
+
+#include "codec.hpp"
+
+namespace dsv4 {
+
+inline constexpr std::size_t all_rows = std::size_t(-1);
+
+inline namespace DSV4_ISA_NS {
+
+namespace detail {
+inline void check_out(const gemv_out& o, std::size_t m, std::size_t n, const char* fn) {
+    require((o.f32 == nullptr) != (o.bf16 == nullptr) || m == 0, fn, "set exactly one of out.f32 / out.bf16");
+    require(m <= 1 || o.stride >= n, fn, "out.stride smaller than n");
+}
+inline void check_rows(std::size_t& r0, std::size_t& r1, std::size_t n, const char* fn) {
+    if (r1 == all_rows) r1 = n;
+    require(r0 <= r1 && r1 <= n, fn, "row range [r0, r1) outside [0, n)");
+}
+inline void check_x(const f32_rows& x, std::size_t k, const char* fn) {
+    require(x.m == 0 || x.x != nullptr, fn, "x.x is null");
+    require(x.m <= 1 || x.stride >= k, fn, "x.stride smaller than k");
+}
+inline void check_q8(const q8_rows& x, std::size_t k, const char* fn) {
+    require(x.m == 0 || (x.q && x.scales && x.corr), fn, "q8 activations are null");
+    require(x.m <= 1 || (x.q_stride >= k && x.scales_stride >= k / 32 && x.corr_stride >= k / 8), fn,
+            "q8 strides smaller than the row");
+}
+inline void check_fp4(const fp4_matrix& w, const char* fn) {
+    require(w.k % 32 == 0, fn, "FP4 k must be a multiple of 32");
+    require(w.n == 0 || (w.w && w.scale), fn, "FP4 weight or scale pointer is null");
+    require(w.n <= 1 || (w.w_stride >= w.k / 2 && w.scale_stride >= w.k / 32), fn, "FP4 strides smaller than the row");
+}
+inline void check_fp8(const fp8_matrix& w, const char* fn) {
+    require(w.k % 128 == 0, fn, "FP8 k must be a multiple of 128");
+    require(w.n == 0 || (w.w && w.scale), fn, "FP8 weight or scale pointer is null");
+    require(w.n <= 1 || w.w_stride >= w.k, fn, "FP8 w_stride smaller than k");
+    require(w.n <= 128 || w.scale_stride >= w.k / 128, fn, "FP8 scale_stride smaller than k/128");
+}
+}  // namespace detail
+
+/// Dequantises FP8 activations (act_quant GEMM-input form, blocks of 128) to f32 rows:
+/// the exact inputs of reference-mode GEMVs. codes [m, k], scales [m, k/128], out [m, k].
+inline void fp8_acts_to_f32(const uint8_t* codes, std::size_t codes_stride, const uint8_t* scales,
+                            std::size_t scales_stride, std::size_t m, std::size_t k, float* out, std::size_t out_stride) {
+    detail::require(k % 128 == 0, "fp8_acts_to_f32", "k must be a multiple of 128");
+    detail::require(m == 0 || (codes && scales && out), "fp8_acts_to_f32", "null pointer");
+    const auto fn = DSV4_KERNEL(fp8_acts_to_f32);
+    for (std::size_t r = 0; r < m; ++r) fn(codes + r * codes_stride, scales + r * scales_stride, k, out + r * out_stride);
+}
+
+/// Fast FP4 mode activations: bf16 x [m, k] -> int8 q [m, k] (group layout), f32 scales
+/// d [m, k/32] and the per-block correction terms corr [m, k/8] (see q8_rows).
+inline void quantize_q8(const uint16_t* x, std::size_t x_stride, std::size_t m, std::size_t k, int8_t* q,
+                        std::size_t q_stride, float* d, std::size_t d_stride, int32_t* corr, std::size_t corr_stride) {
+    detail::require(k % 32 == 0, "quantize_q8", "k must be a multiple of 32");
+    detail::require(m == 0 || (x && q && d && corr), "quantize_q8", "null pointer");
+    detail::require(m <= 1 || (x_stride >= k && q_stride >= k && d_stride >= k / 32 && corr_stride >= k / 8),
+                    "quantize_q8", "stride smaller than the row");
+    const auto fn = DSV4_KERNEL(quantize_q8_row);
+    for (std::size_t r = 0; r < m; ++r) fn(x + r * x_stride, k, q + r * q_stride, d + r * d_stride, corr + r * corr_stride);
+}
+
+/// y = x * w^T for F32 weights (hc_*_fn, ...).
+inline void f32_gemv(const f32_matrix& w, const f32_rows& x, const gemv_out& y, std::size_t r0 = 0,
+                     std::size_t r1 = all_rows) {
+    detail::require(w.n == 0 || w.w, "f32_gemv", "weight pointer is null");
+    detail::require(w.n <= 1 || w.w_stride >= w.k, "f32_gemv", "w_stride smaller than k");
+    detail::check_x(x, w.k, "f32_gemv");
+    detail::check_out(y, x.m, w.n, "f32_gemv");
+    detail::check_rows(r0, r1, w.n, "f32_gemv");
+    DSV4_KERNEL(f32_gemv_rows)(w, x, y, r0, r1);
+}
+
+/// y = x * w^T for BF16 weights (gate, head, compressor, weights_proj), f32 math.
+inline void bf16_gemv(const bf16_matrix& w, const f32_rows& x, const gemv_out& y, std::size_t r0 = 0,
+                      std::size_t r1 = all_rows) {
+    detail::require(w.n == 0 || w.w, "bf16_gemv", "weight pointer is null");
+    detail::require(w.n <= 1 || w.w_stride >= w.k, "bf16_gemv", "w_stride smaller than k");
+    detail::check_x(x, w.k, "bf16_gemv");
+    detail::check_out(y, x.m, w.n, "bf16_gemv");
+    detail::check_rows(r0, r1, w.n, "bf16_gemv");
+    DSV4_KERNEL(bf16_gemv_rows)(w, x, y, r0, r1);
+}
+
+/// y = x * w^T for FP8 weights with 128x128 block scales (reference mode: x is the
+/// dequantised FP8 activation; or plain bf16 activations, as for wo_a).
+inline void fp8_gemv(const fp8_matrix& w, const f32_rows& x, const gemv_out& y, std::size_t r0 = 0,
+                     std::size_t r1 = all_rows) {
+    detail::check_fp8(w, "fp8_gemv");
+    detail::check_x(x, w.k, "fp8_gemv");
+    detail::check_out(y, x.m, w.n, "fp8_gemv");
+    detail::check_rows(r0, r1, w.n, "fp8_gemv");
+    DSV4_KERNEL(fp8_gemv_rows)(w, x, y, r0, r1);
+}
+
+/// Grouped FP8 projection (wo_a): w is [groups * ng, k]; output row r of group
+/// g = r / ng reads activation columns [g*k, (g+1)*k). x rows are groups * k wide.
+inline void fp8_grouped_gemv(const fp8_matrix& w, std::size_t groups, const f32_rows& x, const gemv_out& y,
+                             std::size_t r0 = 0, std::size_t r1 = all_rows) {
+    detail::check_fp8(w, "fp8_grouped_gemv");
+    detail::require(groups > 0 && w.n % groups == 0, "fp8_grouped_gemv", "n must be a multiple of groups");
+    detail::require((w.n / groups) % 128 == 0 || groups == 1, "fp8_grouped_gemv",
+                    "rows per group must be a multiple of 128 (scale blocks)");
+    detail::check_x(x, groups * w.k, "fp8_grouped_gemv");
+    detail::check_out(y, x.m, w.n, "fp8_grouped_gemv");
+    detail::check_rows(r0, r1, w.n, "fp8_grouped_gemv");
+    DSV4_KERNEL(fp8_grouped_gemv_rows)(w, groups, x, y, r0, r1);
+}
+
+/// y = x * w^T for FP4 weights, reference mode (x: dequantised FP8 activations).
+inline void fp4_gemv(const fp4_matrix& w, const f32_rows& x, const gemv_out& y, std::size_t r0 = 0,
+                     std::size_t r1 = all_rows) {
+    detail::check_fp4(w, "fp4_gemv");
+    detail::check_x(x, w.k, "fp4_gemv");
+    detail::check_out(y, x.m, w.n, "fp4_gemv");
+    detail::check_rows(r0, r1, w.n, "fp4_gemv");
+    DSV4_KERNEL(fp4_gemv_rows)(w, x, y, r0, r1);
+}
+
+/// y = x * w^T for FP4 weights, fast mode (x: quantize_q8 output).
+inline void fp4_gemv_q8(const fp4_matrix& w, const q8_rows& x, const gemv_out& y, std::size_t r0 = 0,
+                        std::size_t r1 = all_rows) {
+    detail::check_fp4(w, "fp4_gemv_q8");
+    detail::check_q8(x, w.k, "fp4_gemv_q8");
+    detail::check_out(y, x.m, w.n, "fp4_gemv_q8");
+    detail::check_rows(r0, r1, w.n, "fp4_gemv_q8");
+    DSV4_KERNEL(fp4_gemv_q8_rows)(w, x, y, r0, r1);
+}
+
+namespace detail {
+inline void check_gate_up(const fp4_matrix& w1, const fp4_matrix& w3, const char* fn) {
+    check_fp4(w1, fn);
+    check_fp4(w3, fn);
+    require(w1.n == w3.n && w1.k == w3.k, fn, "w1 and w3 must have the same shape");
+}
+}  // namespace detail
+
+/// Fused routed-expert gate+up with the SwiGLU epilogue (spec §8.2), reference mode.
+inline void fp4_gate_up(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
+                        const gemv_out& h, std::size_t r0 = 0, std::size_t r1 = all_rows) {
+    detail::check_gate_up(w1, w3, "fp4_gate_up");
+    detail::check_x(x, w1.k, "fp4_gate_up");
+    detail::check_out(h, x.m, w1.n, "fp4_gate_up");
+    detail::check_rows(r0, r1, w1.n, "fp4_gate_up");
+    DSV4_KERNEL(fp4_gate_up_rows)(w1, w3, x, e, h, r0, r1);
+}
+
+/// Fused gate+up, fast mode.
+inline void fp4_gate_up_q8(const fp4_matrix& w1, const fp4_matrix& w3, const q8_rows& x, const swiglu_epilogue& e,
+                           const gemv_out& h, std::size_t r0 = 0, std::size_t r1 = all_rows) {
+    detail::check_gate_up(w1, w3, "fp4_gate_up_q8");
+    detail::check_q8(x, w1.k, "fp4_gate_up_q8");
+    detail::check_out(h, x.m, w1.n, "fp4_gate_up_q8");
+    detail::check_rows(r0, r1, w1.n, "fp4_gate_up_q8");
+    DSV4_KERNEL(fp4_gate_up_q8_rows)(w1, w3, x, e, h, r0, r1);
+}
+
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4

@@ -1,0 +1,471 @@
+// dsv4/gemv_kernels.hpp - dequant-fused GEMV and small-batch GEMM on the checkpoint's native
+// weight formats (spec §1.4, §2.5), read in place (mmap-friendly, no conversion, no copy).
+//
+//   y[m, n] = sum_k x[m, k] * w[n, k]      m < M (1..64 tokens), n in a row range
+//
+// Weights (all row-major, row strides in bytes for byte formats, elements otherwise):
+//   fp4_matrix  w [N, K/2] bytes, element 2k in the low nibble; scale [N, K/32] E8M0
+//   fp8_matrix  w [N, K] e4m3;  scale [ceil(N/128), K/128] E8M0 (128x128 blocks)
+//   bf16_matrix w [N, K] bf16 bits;  f32_matrix w [N, K] float
+// Activations:
+//   f32_rows    x [M, K] float. Reference mode feeds the exact dequantised FP8
+//               activations (fp8_acts_to_f32 of act_quant's output, spec §2.2); wo_a and
+//               the BF16/F32 weights take plain bf16/f32 activations.
+//   q8_rows     fast FP4 mode: int8 per block of 32 with an f32 scale (quantize_q8), in
+//               the group layout described at quantize_q8_row.
+//
+// Numerics. Reference mode: every product is exact in f32 (e4m3 x e2m1 or e4m3 x e4m3
+// significands fit), block partials are scaled by exact powers of two, sums are f32 in a
+// fixed order; the output is rounded once (f32 or bf16, as the caller asks). Against the
+// exact sum S = sum_k a_k w_k the error is at most K * 2^-24 * sum_k |a_k w_k| (any order
+// of f32 summation), plus the final rounding. The order is fixed per tier (not across
+// tiers: wider vectors sum in another order), so results do not depend on how rows are
+// split between threads. Fast mode adds the int8 activation rounding: at most
+// sum_blocks (d_b / 2) * sum_{k in b} |w_k| where d_b = amax_b / 127.
+//
+// FP8 has no fast mode: e4m3 weights are not integers (a 128x128 block spans 2^-9..448),
+// so an int8 form would not be exact; the F16C decode + FMA path is the fast one.
+#pragma once
+
+#include "gemv_types.hpp"
+#include "quant.hpp"
+#include "simd/weights.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace dsv4 {
+inline namespace DSV4_ISA_NS {
+namespace kernels {
+
+/// Largest M tile: each weight byte is read from memory once per tile; rows of the tile
+/// beyond the first reuse it from L1.
+inline constexpr std::size_t gemv_m_tile = 4;
+
+namespace gemv_detail {
+
+DSV4_INLINE void store_out(const gemv_out& out, std::size_t m, std::size_t n, float v) noexcept {
+    if (out.f32) out.f32[m * out.stride + n] = v;
+    else out.bf16[m * out.stride + n] = f32_to_bf16(v);
+}
+
+/// E8M0 as f32 for every byte (e = 0 is the subnormal 2^-127, 255 is NaN).
+struct e8m0_lut {
+    float v[256];
+    constexpr e8m0_lut() : v() {
+        for (int e = 0; e < 256; ++e) v[e] = e == 255 ? std::numeric_limits<float>::quiet_NaN()
+                                                      : (e == 0 ? std::bit_cast<float>(0x00400000u)
+                                                                : std::bit_cast<float>(uint32_t(e) << 23));
+    }
+};
+inline constexpr e8m0_lut e8m0{};
+
+template <class Arch> DSV4_INLINE float hsum(simd::vf32<Arch> v) noexcept { return xsimd::hadd(v); }
+
+// ---------------------------------------------------------------- per-row dot products
+// Each computes y[j] = sum_k w[k] * x_j[k] for the MT activation rows x[0..MT).
+
+template <class Arch, std::size_t MT>
+DSV4_INLINE void dot_f32_row(const float* w, std::size_t k, const float* const* x, float* y) noexcept {
+    std::size_t i = 0;
+    if constexpr (!simd::is_scalar<Arch>) {
+        using vf = simd::vf32<Arch>;
+        constexpr std::size_t W = simd::lanes<Arch>();
+        vf acc[MT][2];
+        for (auto& a : acc) a[0] = a[1] = vf(0.0f);
+        for (; i + 2 * W <= k; i += 2 * W) {
+            const vf w0 = vf::load_unaligned(w + i), w1 = vf::load_unaligned(w + i + W);
+            for (std::size_t j = 0; j < MT; ++j) {
+                acc[j][0] = xsimd::fma(w0, vf::load_unaligned(x[j] + i), acc[j][0]);
+                acc[j][1] = xsimd::fma(w1, vf::load_unaligned(x[j] + i + W), acc[j][1]);
+            }
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j][0] + acc[j][1]);
+    } else {
+        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
+    }
+    for (; i < k; ++i)
+        for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(w[i], x[j][i], y[j]);
+}
+
+template <class Arch, std::size_t MT>
+DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* const* x, float* y) noexcept {
+    std::size_t i = 0;
+    if constexpr (!simd::is_scalar<Arch>) {
+        using vf = simd::vf32<Arch>;
+        constexpr std::size_t W = simd::lanes<Arch>();
+        vf acc[MT][2];
+        for (auto& a : acc) a[0] = a[1] = vf(0.0f);
+        for (; i + 2 * W <= k; i += 2 * W) {
+            const vf w0 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, w + i));
+            const vf w1 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, w + i + W));
+            for (std::size_t j = 0; j < MT; ++j) {
+                acc[j][0] = xsimd::fma(w0, vf::load_unaligned(x[j] + i), acc[j][0]);
+                acc[j][1] = xsimd::fma(w1, vf::load_unaligned(x[j] + i + W), acc[j][1]);
+            }
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j][0] + acc[j][1]);
+    } else {
+        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
+    }
+    for (; i < k; ++i) {
+        const float wi = bf16_to_f32(w[i]);
+        for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(wi, x[j][i], y[j]);
+    }
+}
+
+/// FP8 row: per 128-block partial sums (f32), scaled by the block's power of two.
+template <class Arch, std::size_t MT>
+DSV4_INLINE void dot_fp8_row(const uint8_t* w, const uint8_t* scale_row, std::size_t k, const float* const* x,
+                             float* y) noexcept {
+    constexpr std::size_t B = 128;
+    if constexpr (!simd::is_scalar<Arch>) {
+        using vf = simd::vf32<Arch>;
+        constexpr std::size_t W = simd::lanes<Arch>();
+        vf acc[MT];
+        for (auto& a : acc) a = vf(0.0f);
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            vf p[MT][2];
+            for (auto& q : p) q[0] = q[1] = vf(0.0f);
+            for (std::size_t i = b0; i < b0 + B; i += 2 * W) {
+                vf lo, hi;
+                simd::fp8_to_f32_scaled(Arch{}, w + i, lo, hi);  // e4m3 * 2^-8
+                for (std::size_t j = 0; j < MT; ++j) {
+                    p[j][0] = xsimd::fma(lo, vf::load_unaligned(x[j] + i), p[j][0]);
+                    p[j][1] = xsimd::fma(hi, vf::load_unaligned(x[j] + i + W), p[j][1]);
+                }
+            }
+            // (p * 2^8) * 2^(e-127): two exact scalings, never an overflowing 2^135
+            const vf s(e8m0.v[scale_row[b0 / B]]);
+            for (std::size_t j = 0; j < MT; ++j) acc[j] = xsimd::fma((p[j][0] + p[j][1]) * vf(256.0f), s, acc[j]);
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
+    } else {
+        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            float p[MT] = {};
+            for (std::size_t i = b0; i < b0 + B; ++i) {
+                const float wi = e4m3_to_f32(w[i]);
+                for (std::size_t j = 0; j < MT; ++j) p[j] = std::fma(wi, x[j][i], p[j]);
+            }
+            const float s = e8m0.v[scale_row[b0 / B]];
+            for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(p[j], s, y[j]);
+        }
+    }
+}
+
+/// FP4 row (reference mode): per 32-block partials of 2*e2m1 * x, scaled by 2^(e-127)/2.
+template <class Arch, std::size_t MT>
+DSV4_INLINE void dot_fp4_row(const uint8_t* w, const uint8_t* scale_row, std::size_t k, const float* const* x,
+                             float* y) noexcept {
+    constexpr std::size_t B = 32;
+    if constexpr (!simd::is_scalar<Arch>) {
+        using vf = simd::vf32<Arch>;
+        constexpr std::size_t W = simd::lanes<Arch>(), NV = B / W;
+        vf acc[MT];
+        for (auto& a : acc) a = vf(0.0f);
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            vf wv[NV];
+            simd::fp4_block_to_f32x2(Arch{}, w + b0 / 2, wv);
+            const vf s(e8m0.v[scale_row[b0 / B]] * 0.5f);  // exact: a power of two (or NaN)
+            for (std::size_t j = 0; j < MT; ++j) {
+                vf p = wv[0] * vf::load_unaligned(x[j] + b0);
+                for (std::size_t v = 1; v < NV; ++v) p = xsimd::fma(wv[v], vf::load_unaligned(x[j] + b0 + v * W), p);
+                acc[j] = xsimd::fma(p, s, acc[j]);
+            }
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
+    } else {
+        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            float p[MT] = {};
+            for (std::size_t i = b0; i < b0 + B; ++i) {
+                const uint8_t byte = w[i / 2];
+                const float wi = float(simd::e2m1_x2_table[(i & 1) ? (byte >> 4) : (byte & 0xF)]);
+                for (std::size_t j = 0; j < MT; ++j) p[j] = std::fma(wi, x[j][i], p[j]);
+            }
+            const float s = e8m0.v[scale_row[b0 / B]] * 0.5f;
+            for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(p[j], s, y[j]);
+        }
+    }
+}
+
+/// Position of element i of a 32-block b inside a group of gb blocks (gb = 4 except in
+/// the last, partial group): evens of every block first, then the odds, so that one
+/// load of weight bytes splits into an "even nibbles" and an "odd nibbles" vector that
+/// meet contiguous activations.
+DSV4_INLINE std::size_t q8_group_pos(std::size_t b, std::size_t i, std::size_t gb) noexcept {
+    return (i & 1) ? gb * 16 + b * 16 + i / 2 : b * 16 + i / 2;
+}
+
+/// FP4 row (fast mode): exact int8 block dots, scaled by d_a * 2^(e-127) / 2.
+template <class Arch, std::size_t MT>
+DSV4_INLINE void dot_fp4_q8_row(const uint8_t* w, const uint8_t* scale_row, std::size_t k, const int8_t* const* q,
+                                const float* const* d, const int32_t* const* corr, float* y) noexcept {
+    constexpr std::size_t G = 128;  // group of 4 blocks
+    std::size_t g0 = 0;
+    if constexpr (!simd::is_scalar<Arch>) {
+        using vf = simd::vf32<Arch>;
+        vf acc[MT];
+        for (auto& a : acc) a = vf(0.0f);
+        for (; g0 + G <= k; g0 += G)
+            simd::fp4q8_group_fma<MT>(Arch{}, w + g0 / 2, scale_row + g0 / 32, q, d, corr, g0, acc);
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
+    } else {
+        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
+    }
+    // scalar: whole groups (scalar tier) and the partial last group (every tier)
+    for (; g0 < k; g0 += G) {
+        const std::size_t gb = std::min<std::size_t>(4, (k - g0) / 32);
+        for (std::size_t b = 0; b < gb; ++b) {
+            const std::size_t b0 = g0 + 32 * b;
+            int32_t dot[MT] = {};
+            for (std::size_t i = 0; i < 32; ++i) {
+                const uint8_t byte = w[(b0 + i) / 2];
+                const int32_t wi = simd::e2m1_x2_table[(i & 1) ? (byte >> 4) : (byte & 0xF)];
+                const std::size_t pos = g0 + q8_group_pos(b, i, gb);
+                for (std::size_t j = 0; j < MT; ++j) dot[j] += wi * int32_t(q[j][pos]);
+            }
+            const float sw = e8m0.v[scale_row[b0 / 32]] * 0.5f;
+            for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(float(dot[j]), d[j][b0 / 32] * sw, y[j]);
+        }
+    }
+}
+
+/// Drives a row kernel over rows [r0, r1) and all M activation rows in tiles of up to
+/// gemv_m_tile: row_dot.template operator()<MT>(n, m0, y) fills y[0..MT).
+template <class RowDot, class Store>
+DSV4_INLINE void for_rows_and_tiles(std::size_t m, std::size_t r0, std::size_t r1, RowDot&& row_dot,
+                                    Store&& store) {
+    for (std::size_t n = r0; n < r1; ++n) {
+        std::size_t m0 = 0;
+        float y[gemv_m_tile];
+        for (; m0 + 4 <= m; m0 += 4) {
+            row_dot.template operator()<4>(n, m0, y);
+            for (std::size_t j = 0; j < 4; ++j) store(m0 + j, n, y[j]);
+        }
+        switch (m - m0) {
+            case 3: row_dot.template operator()<3>(n, m0, y); break;
+            case 2: row_dot.template operator()<2>(n, m0, y); break;
+            case 1: row_dot.template operator()<1>(n, m0, y); break;
+            default: continue;
+        }
+        for (std::size_t j = 0; j < m - m0; ++j) store(m0 + j, n, y[j]);
+    }
+}
+
+template <std::size_t MT> DSV4_INLINE void tile_ptrs(const f32_rows& x, std::size_t m0, const float** p) noexcept {
+    for (std::size_t j = 0; j < MT; ++j) p[j] = x.x + (m0 + j) * x.stride;
+}
+
+DSV4_INLINE float silu(float v) noexcept { return v / (1.0f + std::exp(-v)); }
+
+/// SwiGLU epilogue on the bf16-rounded projections (spec §8.2 clamp order).
+DSV4_INLINE float swiglu(float y1, float y3, float route_weight, float limit) noexcept {
+    float a = round_bf16(y1), b = round_bf16(y3);
+    if (limit > 0.0f) {
+        a = std::fmin(a, limit);
+        b = std::fmin(std::fmax(b, -limit), limit);
+    }
+    return route_weight * (silu(a) * b);
+}
+
+}  // namespace gemv_detail
+
+// ---------------------------------------------------------------- activation preparation
+
+/// Dequantises one row of FP8 activations (act_quant output, blocks of 128) to f32,
+/// exactly: out[k] = e4m3(codes[k]) * 2^(scales[k/128] - 127).
+template <class Arch>
+void fp8_acts_to_f32(const uint8_t* codes, const uint8_t* scales, std::size_t k, float* out) noexcept {
+    decode_e4m3<Arch>(codes, out, k);
+    for (std::size_t b0 = 0; b0 < k; b0 += 128) {
+        const float s = gemv_detail::e8m0.v[scales[b0 / 128]];
+        for (std::size_t i = b0; i < b0 + 128 && i < k; ++i) out[i] *= s;
+    }
+}
+
+/// Fast FP4 mode: one row of bf16 activations (k % 32 == 0) to int8 per block of 32,
+/// d = amax/127 (f32 division), q = round_to_nearest_even(x * (127/amax)), written in
+/// group layout (4 blocks of 32 per group; within a group the even-index elements of
+/// every block come first, then the odd ones; the last group may have fewer blocks).
+/// corr gets, per block, {-12 * sum(q), 0, 0, 0} (k/8 int32): the SIMD dot products use
+/// the unsigned 2*e2m1 + 12 and start from it. Identical on every tier (plain scalar code:
+/// it is O(k) beside O(n k) of weights).
+template <class Arch>
+void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d, int32_t* corr) noexcept {
+    for (std::size_t g0 = 0; g0 < k; g0 += 128) {
+        const std::size_t gb = std::min<std::size_t>(4, (k - g0) / 32);
+        for (std::size_t b = 0; b < gb; ++b) {
+            const std::size_t b0 = g0 + 32 * b;
+            const uint32_t amax_bits = bf16_block_amax_bits<arch::scalar>(x + b0, 32);
+            const float amax = f32_from_bits(amax_bits);
+            const bool finite = amax_bits < 0x7F800000u;
+            d[b0 / 32] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
+            const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
+            int32_t sum = 0;
+            for (std::size_t i = 0; i < 32; ++i) {
+                const float v = std::nearbyint(bf16_to_f32(x[b0 + i]) * inv);
+                const int8_t qi = int8_t(std::isnan(v) ? 0 : v);
+                q[g0 + gemv_detail::q8_group_pos(b, i, gb)] = qi;
+                sum += qi;
+            }
+            int32_t* c = corr + (b0 / 32) * 4;
+            c[0] = -simd::fp4_q8_offset * sum;
+            c[1] = c[2] = c[3] = 0;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- GEMV row-range kernels
+
+template <class Arch>
+void f32_gemv_rows(const f32_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
+                   std::size_t r1) noexcept {
+    gemv_detail::for_rows_and_tiles(
+        x.m, r0, r1,
+        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
+            const float* p[MT];
+            gemv_detail::tile_ptrs<MT>(x, m0, p);
+            gemv_detail::dot_f32_row<Arch, MT>(w.w + n * w.w_stride, w.k, p, y);
+        },
+        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+}
+
+template <class Arch>
+void bf16_gemv_rows(const bf16_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
+                    std::size_t r1) noexcept {
+    gemv_detail::for_rows_and_tiles(
+        x.m, r0, r1,
+        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
+            const float* p[MT];
+            gemv_detail::tile_ptrs<MT>(x, m0, p);
+            gemv_detail::dot_bf16_row<Arch, MT>(w.w + n * w.w_stride, w.k, p, y);
+        },
+        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+}
+
+template <class Arch>
+void fp8_gemv_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
+                   std::size_t r1) noexcept {
+    gemv_detail::for_rows_and_tiles(
+        x.m, r0, r1,
+        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
+            const float* p[MT];
+            gemv_detail::tile_ptrs<MT>(x, m0, p);
+            gemv_detail::dot_fp8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride, w.k, p, y);
+        },
+        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+}
+
+/// Grouped projection (wo_a, spec §4 step 10): output rows [g*ng, (g+1)*ng) use the
+/// activation columns [g*w.k, (g+1)*w.k); w.n = groups * ng.
+template <class Arch>
+void fp8_grouped_gemv_rows(const fp8_matrix& w, std::size_t groups, const f32_rows& x, const gemv_out& out,
+                           std::size_t r0, std::size_t r1) noexcept {
+    const std::size_t ng = w.n / groups;
+    for (std::size_t g = r0 / ng; g < groups && g * ng < r1; ++g) {
+        const f32_rows xg{x.x + g * w.k, x.stride, x.m};
+        fp8_gemv_rows<Arch>(w, xg, out, std::max(r0, g * ng), std::min(r1, (g + 1) * ng));
+    }
+}
+
+template <class Arch>
+void fp4_gemv_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
+                   std::size_t r1) noexcept {
+    gemv_detail::for_rows_and_tiles(
+        x.m, r0, r1,
+        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
+            const float* p[MT];
+            gemv_detail::tile_ptrs<MT>(x, m0, p);
+            gemv_detail::dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, p, y);
+        },
+        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+}
+
+template <class Arch>
+void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out, std::size_t r0,
+                      std::size_t r1) noexcept {
+    gemv_detail::for_rows_and_tiles(
+        x.m, r0, r1,
+        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
+            const int8_t* q[MT];
+            const float* d[MT];
+            const int32_t* c[MT];
+            for (std::size_t j = 0; j < MT; ++j) {
+                q[j] = x.q + (m0 + j) * x.q_stride;
+                d[j] = x.scales + (m0 + j) * x.scales_stride;
+                c[j] = x.corr + (m0 + j) * x.corr_stride;
+            }
+            gemv_detail::dot_fp4_q8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, q, d, c, y);
+        },
+        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+}
+
+/// Fused routed-expert gate+up (spec §8.2), reference mode: for rows [r0, r1) of w1/w3
+/// (same shape), h[m, n] = swiglu(bf16(w1 x), bf16(w3 x)). One pass: the activation tile
+/// is read from L1 for both matrices.
+template <class Arch>
+void fp4_gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
+                      const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
+    for (std::size_t n = r0; n < r1; ++n) {
+        for (std::size_t m0 = 0; m0 < x.m; m0 += gemv_m_tile) {
+            float y1[gemv_m_tile], y3[gemv_m_tile];
+            const std::size_t mt = std::min(gemv_m_tile, x.m - m0);
+            auto run = [&]<std::size_t MT>() {
+                const float* p[MT];
+                gemv_detail::tile_ptrs<MT>(x, m0, p);
+                gemv_detail::dot_fp4_row<Arch, MT>(w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride, w1.k, p, y1);
+                gemv_detail::dot_fp4_row<Arch, MT>(w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride, w3.k, p, y3);
+            };
+            switch (mt) {
+                case 4: run.template operator()<4>(); break;
+                case 3: run.template operator()<3>(); break;
+                case 2: run.template operator()<2>(); break;
+                default: run.template operator()<1>(); break;
+            }
+            for (std::size_t j = 0; j < mt; ++j)
+                gemv_detail::store_out(out, m0 + j, n,
+                                       gemv_detail::swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f,
+                                                           e.limit));
+        }
+    }
+}
+
+/// Fused gate+up, fast mode (int8 activations).
+template <class Arch>
+void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_rows& x, const swiglu_epilogue& e,
+                         const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
+    for (std::size_t n = r0; n < r1; ++n) {
+        for (std::size_t m0 = 0; m0 < x.m; m0 += gemv_m_tile) {
+            float y1[gemv_m_tile], y3[gemv_m_tile];
+            const std::size_t mt = std::min(gemv_m_tile, x.m - m0);
+            auto run = [&]<std::size_t MT>() {
+                const int8_t* q[MT];
+                const float* d[MT];
+                const int32_t* c[MT];
+                for (std::size_t j = 0; j < MT; ++j) {
+                    q[j] = x.q + (m0 + j) * x.q_stride;
+                    d[j] = x.scales + (m0 + j) * x.scales_stride;
+                    c[j] = x.corr + (m0 + j) * x.corr_stride;
+                }
+                gemv_detail::dot_fp4_q8_row<Arch, MT>(w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride, w1.k, q, d, c, y1);
+                gemv_detail::dot_fp4_q8_row<Arch, MT>(w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride, w3.k, q, d, c, y3);
+            };
+            switch (mt) {
+                case 4: run.template operator()<4>(); break;
+                case 3: run.template operator()<3>(); break;
+                case 2: run.template operator()<2>(); break;
+                default: run.template operator()<1>(); break;
+            }
+            for (std::size_t j = 0; j < mt; ++j)
+                gemv_detail::store_out(out, m0 + j, n,
+                                       gemv_detail::swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f,
+                                                           e.limit));
+        }
+    }
+}
+
+}  // namespace kernels
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4

@@ -1,0 +1,176 @@
+// dsv4/simd/weights.hpp - per-ISA decoding of checkpoint weights inside GEMV loops.
+//
+//  * FP8 e4m3 -> f32 exactly with F16C: the byte's exponent/mantissa placed into an fp16
+//    bit pattern is e4m3 * 2^-8 (biases 7 vs 15); callers fold 2^8 into the block scale.
+//    Subnormals come out right; the NaN codes 0x7F/0xFF do not (checkpoints have none:
+//    `dsv4-generate --verify` reports them).
+//  * FP4 e2m1 -> int8: 2*e2m1 is an integer in {0,1,2,3,4,6,8,12} with sign, so one pshufb
+//    table lookup per 16 nibbles is exact; callers fold the factor 1/2 into the scale.
+//  * int8 dot products for the fast FP4 path: maddubs+madd (AVX2, AVX-512BW) or vpdpbusd
+//    (AVX-VNNI, AVX512-VNNI) on 2*e2m1 + 12 (0..24, unsigned) and int8 activations, each
+//    block's sum starting at -12 * sum(a); 2 * 24 * 127 cannot saturate the int16 pairs.
+#pragma once
+
+#include "vec.hpp"
+
+#include <cstring>
+
+namespace dsv4 {
+inline namespace DSV4_ISA_NS {
+namespace simd {
+
+/// 2*e2m1 as int8, indexed by the nibble.
+alignas(16) inline constexpr int8_t e2m1_x2_table[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+/// 2*e2m1 + 12 as uint8 (0..24): an unsigned operand for u8 x s8 dot products without
+/// moving signs around; the fast path starts each block's sum at -12 * sum(a) (q8_rows::corr).
+alignas(16) inline constexpr uint8_t e2m1_x2_plus12_table[16] = {12, 13, 14, 15, 16, 18, 20, 24,
+                                                                 12, 11, 10, 9, 8, 6, 4, 0};
+inline constexpr int32_t fp4_q8_offset = 12;
+
+template <class A, class... T> requires is_scalar<A> void fp8_to_f32_scaled(A, T...) = delete;
+template <class A, class... T> requires is_scalar<A> void fp4_block_to_f32x2(A, T...) = delete;
+template <class A, class... T> requires is_scalar<A> void fp4q8_group_fma(A, T...) = delete;
+
+#if defined(__AVX2__)
+/// Weight scales of 4 consecutive FP4 blocks as 4 f32 lanes, times 1/2 (undoing the
+/// table's 2*e2m1): 2^(e_b - 128). E8M0 byte 0 is the subnormal 2^-127 as in the scalar
+/// table; byte 255 (NaN, never in a checkpoint) gives inf here, NaN there: non-finite both.
+DSV4_INLINE __m128 fp4_w_scales4(const uint8_t* sw) noexcept {
+    int32_t raw;
+    std::memcpy(&raw, sw, 4);
+    const __m128i e = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(raw));
+    __m128 f = _mm_castsi128_ps(_mm_slli_epi32(e, 23));
+    f = _mm_blendv_ps(f, _mm_set1_ps(0x1p-127f), _mm_castsi128_ps(_mm_cmpeq_epi32(e, _mm_setzero_si128())));
+    return _mm_mul_ps(f, _mm_set1_ps(0.5f));
+}
+#endif
+
+#if defined(__AVX2__)
+// ------------------------------------------------------------------ AVX2
+/// 16 e4m3 bytes -> two vectors of 8 f32 holding e4m3 * 2^-8 (exact).
+DSV4_INLINE void fp8_to_f32_scaled(arch::avx2, const uint8_t* p, vf32<arch::avx2>& lo, vf32<arch::avx2>& hi) noexcept {
+    // sign-extended byte << 7 puts sign at bit 15 (and a stray bit 14), exp+mantissa at 7..13
+    const __m256i h = _mm256_and_si256(
+        _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 7),
+        _mm256_set1_epi16(int16_t(0xBF80)));
+    lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+    hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+/// 32 e2m1 values (16 bytes, element 2k in the low nibble of byte k) -> 4 x 8 f32 of 2*e2m1.
+DSV4_INLINE void fp4_block_to_f32x2(arch::avx2, const uint8_t* p, vf32<arch::avx2>* out) noexcept {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(e2m1_x2_table));
+    const __m128i v0 = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi));  // elements 0..15
+    const __m128i v1 = _mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi));  // elements 16..31
+    out[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0));
+    out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8)));
+    out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1));
+    out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8)));
+}
+
+/// u8 x s8 dot products accumulated into int32 lanes (4 products per lane).
+DSV4_INLINE __m256i dot_u8s8(arch::avx2, __m256i acc, __m256i u, __m256i s) noexcept {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+DSV4_INLINE __m256i dot_u8s8(arch::avx2_vnni, __m256i acc, __m256i u, __m256i s) noexcept {
+#  if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#  else
+    return dot_u8s8(arch::avx2{}, acc, u, s);
+#  endif
+}
+
+/// One group of 4 FP4 blocks (64 weight bytes, 128 elements, scales sw[0..4)) against MT
+/// int8 activation rows in group layout (see gemv_kernels.hpp) starting at element g0:
+/// acc[j] += sum_b dot_b(w, a_j) * d_j[g0/32 + b] * 2^(e_b - 127) / 2.
+template <std::size_t MT, class A>
+DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const int8_t* const* a,
+                                 const float* const* d, const int32_t* const* corr, std::size_t g0,
+                                 vf32<arch::avx2>* acc) noexcept {
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(e2m1_x2_plus12_table)));
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    const __m256i b01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i b23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
+    const __m256i ul[2] = {_mm256_shuffle_epi8(lut, _mm256_and_si256(b01, m)),  // evens of blocks 0,1 / 2,3
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(b23, m))};
+    const __m256i uh[2] = {_mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b01, 4), m)),  // odds
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b23, 4), m))};
+    const __m128 ws = fp4_w_scales4(sw);
+    const __m256i lo_idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), hi_idx = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    for (std::size_t j = 0; j < MT; ++j) {
+        const int8_t* aj = a[j] + g0;
+        const int32_t* cj = corr[j] + g0 / 32 * 4;
+        const __m256 s4 = _mm256_castps128_ps256(_mm_mul_ps(_mm_loadu_ps(d[j] + g0 / 32), ws));
+        __m256 r = acc[j];
+        for (int h = 0; h < 2; ++h) {  // blocks 2h, 2h+1: int32 lanes 0-3 and 4-7
+            const __m256i al = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aj + 32 * h));
+            const __m256i ah = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aj + 64 + 32 * h));
+            // starts from -12 * sum(a) per block (q8_rows::corr)
+            __m256i dot = dot_u8s8(A{}, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + 8 * h)), ul[h], al);
+            dot = dot_u8s8(A{}, dot, uh[h], ah);
+            r = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_permutevar8x32_ps(s4, h ? hi_idx : lo_idx), r);
+        }
+        acc[j] = r;
+    }
+}
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// ------------------------------------------------------------------ AVX-512
+DSV4_INLINE void fp8_to_f32_scaled(arch::avx512, const uint8_t* p, vf32<arch::avx512>& lo,
+                                   vf32<arch::avx512>& hi) noexcept {
+    const __m512i h = _mm512_and_si512(
+        _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 7),
+        _mm512_set1_epi16(int16_t(0xBF80)));
+    lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+    hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+}
+
+DSV4_INLINE void fp4_block_to_f32x2(arch::avx512, const uint8_t* p, vf32<arch::avx512>* out) noexcept {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i m = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    const __m128i lut = _mm_load_si128(reinterpret_cast<const __m128i*>(e2m1_x2_table));
+    out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi))));
+    out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi))));
+}
+
+DSV4_INLINE __m512i dot_u8s8(arch::avx512, __m512i acc, __m512i u, __m512i s) noexcept {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+}
+DSV4_INLINE __m512i dot_u8s8(arch::avx512_vnni, __m512i acc, __m512i u, __m512i s) noexcept {
+#  if defined(__AVX512VNNI__)
+    return _mm512_dpbusd_epi32(acc, u, s);
+#  else
+    return dot_u8s8(arch::avx512{}, acc, u, s);
+#  endif
+}
+
+template <std::size_t MT, class A>
+DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const int8_t* const* a,
+                                 const float* const* d, const int32_t* const* corr, std::size_t g0,
+                                 vf32<arch::avx512>* acc) noexcept {
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(e2m1_x2_plus12_table)));
+    const __m512i m = _mm512_set1_epi8(0x0F);
+    const __m512i b = _mm512_loadu_si512(w);
+    const __m512i ul = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, m));                         // evens of blocks 0-3
+    const __m512i uh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), m));  // odds
+    const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m128 ws = fp4_w_scales4(sw);
+    for (std::size_t j = 0; j < MT; ++j) {
+        const int8_t* aj = a[j] + g0;
+        const __m512i c = _mm512_loadu_si512(corr[j] + g0 / 32 * 4);  // -12 * sum(a) per block, lane 0 of 4
+        __m512i dot = dot_u8s8(A{}, c, ul, _mm512_loadu_si512(aj));
+        dot = dot_u8s8(A{}, dot, uh, _mm512_loadu_si512(aj + 64));
+        const __m128 s4 = _mm_mul_ps(_mm_loadu_ps(d[j] + g0 / 32), ws);
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4)), acc[j]);
+    }
+}
+#endif
+
+}  // namespace simd
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4

@@ -1,0 +1,389 @@
+// tests/test_gemv.cpp - dequant-fused GEMV/GEMM (label: gemv).
+//
+// Bounds. Reference mode: |y - y_exact| <= K * 2^-24 * y_abs (+ the output rounding),
+// valid for any order of f32 summation; y_exact and y_abs come from NumPy (exact f64).
+// Fast FP4 mode (int8 activations): |y - sum_k x_k w_k| <= sum_b (d_b/2) sum_{k in b}|w_k|
+// + K * 2^-24 * sum|x w|, computed here in double from the golden's own bytes.
+#include "test_support.hpp"
+
+#include <dsv4/gemv.hpp>
+#include <dsv4/parallel.hpp>
+
+#include <algorithm>
+#include <cstdio>
+
+using namespace dsv4_test;
+
+namespace {
+
+constexpr double u32 = 0x1p-24;
+
+struct bound_report {
+    double worst = 0;  // max |err| / bound
+    std::size_t n = 0, bad = 0;
+    void add(double err, double bound) {
+        ++n;
+        const double r = bound > 0 ? err / bound : (err > 0 ? 1e30 : 0);
+        worst = std::max(worst, r);
+        bad += err > bound;
+    }
+};
+
+double dequant_fp4(const std::vector<uint8_t>& w, const std::vector<uint8_t>& s, std::size_t k, std::size_t n,
+                   std::size_t i) {
+    const uint8_t byte = w[n * (k / 2) + i / 2];
+    return double(dsv4::e2m1_to_f32((i & 1) ? byte >> 4 : byte & 0xF)) * double(dsv4::e8m0_to_f32(s[n * (k / 32) + i / 32]));
+}
+
+std::vector<float> acts_f32(const golden& g, std::size_t m, std::size_t k) {
+    const auto codes = g.get<uint8_t>("a_codes");
+    const auto scales = g.get<uint8_t>("a_scales");
+    std::vector<float> a(m * k);
+    dsv4::fp8_acts_to_f32(codes.data(), k, scales.data(), k / 128, m, k, a.data(), k);
+    return a;
+}
+
+/// Checks y (f32 [m, n]) against the golden's y_exact / y_abs with the reference bound.
+void check_ref(const golden& g, const std::vector<float>& y, std::size_t m, std::size_t n, std::size_t k,
+               const char* what) {
+    const auto ye = g.get<double>("y_exact");
+    const auto ya = g.get<double>("y_abs");
+    bound_report r;
+    for (std::size_t i = 0; i < m * n; ++i)
+        r.add(std::fabs(double(y[i]) - ye[i]), double(k) * u32 * ya[i] + 0x1p-149 * double(k));
+    CAPTURE(g.dir);
+    CAPTURE(what);
+    CHECK(r.bad == 0);
+    MESSAGE(std::string(what) << " " << g.dir.substr(g.dir.rfind('/') + 1) << ": worst |err|/bound = " << r.worst);
+}
+
+/// Runs `fn(table, out)` with f32 output and with bf16 output; checks bf16 == bf16(f32).
+template <class Fn> std::vector<float> run_both_outputs(std::size_t m, std::size_t n, Fn&& fn) {
+    std::vector<float> y(m * n, -1.0f);
+    fn(dsv4::gemv_out{y.data(), nullptr, n});
+    std::vector<uint16_t> yb(m * n);
+    fn(dsv4::gemv_out{nullptr, yb.data(), n});
+    std::size_t diff = 0;
+    for (std::size_t i = 0; i < m * n; ++i) diff += yb[i] != dsv4::f32_to_bf16(y[i]);
+    CHECK(diff == 0);
+    return y;
+}
+
+std::vector<std::string> cases_with_prefix(const std::string& prefix) {
+    std::vector<std::string> out;
+    for (const auto& c : golden_cases("gemv"))
+        if (c.rfind(prefix, 0) == 0) out.push_back(c);
+    return out;
+}
+
+bool is_plain(const std::string& name, const char* prefix) {
+    return name.rfind(prefix, 0) == 0 && name.find("grouped") == std::string::npos &&
+           name.find("gate_up") == std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("gemv: FP4 reference mode against the goldens (f32 and bf16 output)") {
+    std::size_t count = 0;
+    for (const auto& name : cases_with_prefix("fp4_")) {
+        if (!is_plain(name, "fp4_")) continue;
+        golden g("gemv", name);
+        const auto ws = g.shape("w");
+        const std::size_t n = ws[0], k = ws[1] * 2, m = g.shape("x")[0];
+        const auto w = g.get<uint8_t>("w");
+        const auto s = g.get<uint8_t>("w_scale");
+        const auto a = acts_f32(g, m, k);
+        const dsv4::fp4_matrix W{w.data(), k / 2, s.data(), k / 32, n, k};
+        const auto y = run_both_outputs(m, n, [&](dsv4::gemv_out o) { dsv4::fp4_gemv(W, {a.data(), k, m}, o); });
+        check_ref(g, y, m, n, k, "fp4");
+        ++count;
+    }
+    CHECK(count >= 9);
+}
+
+TEST_CASE("gemv: FP8 reference mode against the goldens") {
+    std::size_t count = 0;
+    for (const auto& name : cases_with_prefix("fp8_")) {
+        if (!is_plain(name, "fp8_")) continue;
+        golden g("gemv", name);
+        const auto ws = g.shape("w");
+        const std::size_t n = ws[0], k = ws[1], m = g.shape("x")[0];
+        const auto w = g.get<uint8_t>("w");
+        const auto s = g.get<uint8_t>("w_scale");
+        const auto a = acts_f32(g, m, k);
+        const dsv4::fp8_matrix W{w.data(), k, s.data(), k / 128, n, k};
+        const auto y = run_both_outputs(m, n, [&](dsv4::gemv_out o) { dsv4::fp8_gemv(W, {a.data(), k, m}, o); });
+        check_ref(g, y, m, n, k, "fp8");
+        ++count;
+    }
+    CHECK(count >= 8);
+}
+
+TEST_CASE("gemv: BF16 and F32 weights against the goldens") {
+    std::size_t count = 0;
+    for (const auto& name : golden_cases("gemv")) {
+        const bool bf16 = name.rfind("bf16_", 0) == 0, f32 = name.rfind("f32_", 0) == 0;
+        if (!bf16 && !f32) continue;
+        golden g("gemv", name);
+        const auto ws = g.shape("w");
+        const std::size_t n = ws[0], k = ws[1], m = g.shape("x")[0];
+        const auto x = g.get<float>("x");
+        std::vector<float> y;
+        if (bf16) {
+            const auto w = g.get<uint16_t>("w");
+            const dsv4::bf16_matrix W{w.data(), k, n, k};
+            y = run_both_outputs(m, n, [&](dsv4::gemv_out o) { dsv4::bf16_gemv(W, {x.data(), k, m}, o); });
+        } else {
+            const auto w = g.get<float>("w");
+            const dsv4::f32_matrix W{w.data(), k, n, k};
+            y = run_both_outputs(m, n, [&](dsv4::gemv_out o) { dsv4::f32_gemv(W, {x.data(), k, m}, o); });
+        }
+        check_ref(g, y, m, n, k, bf16 ? "bf16" : "f32");
+        ++count;
+    }
+    CHECK(count >= 10);
+}
+
+TEST_CASE("gemv: grouped FP8 projection (wo_a) against the goldens") {
+    std::size_t count = 0;
+    for (const auto& name : cases_with_prefix("fp8_grouped_")) {
+        golden g("gemv", name);
+        const std::size_t groups = std::size_t(g.scalar_i64("groups"));
+        const auto ws = g.shape("w");
+        const std::size_t n = ws[0], k = ws[1], m = g.shape("x")[0];
+        const auto w = g.get<uint8_t>("w");
+        const auto s = g.get<uint8_t>("w_scale");
+        const auto xb = g.get<uint16_t>("x");
+        std::vector<float> x(xb.size());
+        dsv4::decode_bf16(xb.data(), x.data(), x.size());
+        const dsv4::fp8_matrix W{w.data(), k, s.data(), k / 128, n, k};
+        const auto y = run_both_outputs(
+            m, n, [&](dsv4::gemv_out o) { dsv4::fp8_grouped_gemv(W, groups, {x.data(), groups * k, m}, o); });
+        check_ref(g, y, m, n, k, "fp8_grouped");
+        ++count;
+    }
+    CHECK(count >= 3);
+}
+
+TEST_CASE("gemv: FP4 fast mode (int8 activations) within its derived bound, and vs reference mode") {
+    std::size_t count = 0;
+    for (const auto& name : cases_with_prefix("fp4_")) {
+        if (!is_plain(name, "fp4_")) continue;
+        golden g("gemv", name);
+        const auto ws = g.shape("w");
+        const std::size_t n = ws[0], k = ws[1] * 2, m = g.shape("x")[0];
+        const auto w = g.get<uint8_t>("w");
+        const auto s = g.get<uint8_t>("w_scale");
+        const auto xb = g.get<uint16_t>("x");
+        std::vector<int8_t> q(m * k);
+        std::vector<float> d(m * k / 32);
+        std::vector<int32_t> c(m * k / 8);
+        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k, d.data(), k / 32, c.data(), k / 8);
+        const dsv4::fp4_matrix W{w.data(), k / 2, s.data(), k / 32, n, k};
+        const auto y = run_both_outputs(
+            m, n, [&](dsv4::gemv_out o) { dsv4::fp4_gemv_q8(W, {q.data(), k, d.data(), k / 32, c.data(), k / 8, m}, o); });
+        const auto a = acts_f32(g, m, k);
+        std::vector<float> yref(m * n);
+        dsv4::fp4_gemv(W, {a.data(), k, m}, {yref.data(), nullptr, n});
+        bound_report r;
+        double max_diff_ref = 0, max_y = 0;
+        for (std::size_t mi = 0; mi < m; ++mi)
+            for (std::size_t ni = 0; ni < n; ++ni) {
+                double exact = 0, abs_sum = 0, qerr = 0;
+                for (std::size_t b = 0; b < k / 32; ++b) {
+                    double wabs = 0;
+                    for (std::size_t i = b * 32; i < b * 32 + 32; ++i) {
+                        const double wv = dequant_fp4(w, s, k, ni, i), xv = dsv4::bf16_to_f32(xb[mi * k + i]);
+                        exact += wv * xv;
+                        abs_sum += std::fabs(wv * xv);
+                        wabs += std::fabs(wv);
+                    }
+                    qerr += double(d[mi * (k / 32) + b]) / 2 * wabs * (1 + 1e-6);
+                }
+                r.add(std::fabs(double(y[mi * n + ni]) - exact), qerr + double(k) * u32 * abs_sum * 2 + 1e-300);
+                max_diff_ref = std::max(max_diff_ref, std::fabs(double(y[mi * n + ni]) - yref[mi * n + ni]));
+                max_y = std::max(max_y, std::fabs(double(yref[mi * n + ni])));
+            }
+        CAPTURE(name);
+        CHECK(r.bad == 0);
+        MESSAGE("fp4 fast " << name << ": worst |err|/bound = " << r.worst
+                            << ", max|fast - reference| / max|y| = " << max_diff_ref / max_y);
+        ++count;
+    }
+    CHECK(count >= 9);
+}
+
+TEST_CASE("gemv: fused FP4 gate+up with SwiGLU against the goldens (both modes)") {
+    std::size_t count = 0;
+    for (const auto& name : cases_with_prefix("fp4_gate_up_")) {
+        golden g("gemv", name);
+        const auto ws = g.shape("w1");
+        const std::size_t n = ws[0], k = ws[1] * 2, m = g.shape("x")[0];
+        const auto w1 = g.get<uint8_t>("w1"), w3 = g.get<uint8_t>("w3");
+        const auto s1 = g.get<uint8_t>("w1_scale"), s3 = g.get<uint8_t>("w3_scale");
+        const float rw = g.get<float>("route_weight")[0], limit = g.get<float>("limit")[0];
+        const auto h_ref = g.get<float>("h_from_exact");
+        const auto y1a = g.get<double>("y1_abs"), y3a = g.get<double>("y3_abs");
+        const auto y1e = g.get<double>("y1_exact"), y3e = g.get<double>("y3_exact");
+        const auto a = acts_f32(g, m, k);
+        const dsv4::fp4_matrix W1{w1.data(), k / 2, s1.data(), k / 32, n, k}, W3{w3.data(), k / 2, s3.data(), k / 32, n, k};
+        std::vector<float> rws(m, rw);
+        const dsv4::swiglu_epilogue e{rws.data(), limit};
+        std::vector<float> h(m * n);
+        dsv4::fp4_gate_up(W1, W3, {a.data(), k, m}, e, {h.data(), nullptr, n});
+        // The kernel's bf16(y) may sit one bf16 step from bf16(y_exact) when its f32 sum is
+        // within the accumulation bound of a rounding boundary: allow that, nothing more.
+        std::size_t bad = 0, exact = 0;
+        for (std::size_t i = 0; i < m * n; ++i) {
+            const double b1 = double(k) * u32 * y1a[i], b3 = double(k) * u32 * y3a[i];
+            const bool near1 = dsv4::round_bf16(float(y1e[i] - b1)) != dsv4::round_bf16(float(y1e[i] + b1));
+            const bool near3 = dsv4::round_bf16(float(y3e[i] - b3)) != dsv4::round_bf16(float(y3e[i] + b3));
+            const double tol = (near1 || near3 ? 0x1p-7 : 0x1p-20) * (std::fabs(h_ref[i]) + 1e-30) + 1e-30;
+            bad += std::fabs(double(h[i]) - h_ref[i]) > tol;
+            exact += h[i] == h_ref[i];
+        }
+        CAPTURE(name);
+        CHECK(bad == 0);
+        MESSAGE("gate_up " << name << ": " << exact << "/" << m * n << " bit-identical to the golden");
+        // fast mode: the same epilogue on int8 activations; error set by the activation rounding
+        const auto xb = g.get<uint16_t>("x");
+        std::vector<int8_t> q(m * k);
+        std::vector<float> d(m * k / 32);
+        std::vector<int32_t> c(m * k / 8);
+        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k, d.data(), k / 32, c.data(), k / 8);
+        std::vector<float> hq(m * n);
+        dsv4::fp4_gate_up_q8(W1, W3, {q.data(), k, d.data(), k / 32, c.data(), k / 8, m}, e, {hq.data(), nullptr, n});
+        double num = 0, den = 0;
+        for (std::size_t i = 0; i < m * n; ++i) {
+            num += (hq[i] - h[i]) * double(hq[i] - h[i]);
+            den += double(h[i]) * h[i];
+        }
+        const double rel = std::sqrt(num / den);
+        MESSAGE("gate_up fast " << name << ": relative L2 difference from reference mode " << rel);
+        // reference mode rounds activations to e4m3 (up to 2^-4 relative each); fast mode
+        // to int8 per 32 (far finer): their distance is mostly the FP8 rounding.
+        CHECK(rel < 0.1);
+        ++count;
+    }
+    CHECK(count >= 3);
+}
+
+namespace {
+struct random_fp4 {
+    std::size_t n, k, pad;  // row stride = k/2 + pad bytes
+    std::vector<uint8_t> w, s;
+    random_fp4(std::size_t n_, std::size_t k_, std::size_t pad_, rng& r) : n(n_), k(k_), pad(pad_) {
+        w.assign(n * (k / 2 + pad), 0xFF);
+        s.assign(n * (k / 32 + pad), 0xFF);  // NaN scales in the padding: must never be read
+        for (std::size_t i = 0; i < n; ++i) {
+            for (std::size_t j = 0; j < k / 2; ++j) w[i * (k / 2 + pad) + j] = uint8_t(r.u32());
+            for (std::size_t j = 0; j < k / 32; ++j) s[i * (k / 32 + pad) + j] = uint8_t(120 + r.u32() % 8);
+        }
+    }
+    dsv4::fp4_matrix view() const { return {w.data(), k / 2 + pad, s.data(), k / 32 + pad, n, k}; }
+};
+std::vector<uint16_t> random_x(std::size_t m, std::size_t k, rng& r) {
+    std::vector<uint16_t> x(m * k);
+    for (auto& v : x) v = dsv4::f32_to_bf16(r.normal());
+    return x;
+}
+}  // namespace
+
+TEST_CASE("gemv: every tier vs scalar, M = 1..9, odd N, strided rows, any row split (deterministic)") {
+    rng r(7);
+    const auto& act = active();
+    const auto& ref = scalar_table();
+    for (std::size_t m : {1, 2, 3, 4, 5, 7, 9}) {
+        const std::size_t n = 37, k = 384, pad = 5;
+        CAPTURE(m);
+        random_fp4 W(n, k, pad, r);
+        const auto xb = random_x(m, k, r);
+        std::vector<float> x(m * (k + 3), std::numeric_limits<float>::quiet_NaN());  // strided, NaN padding
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < k; ++j) x[i * (k + 3) + j] = dsv4::bf16_to_f32(xb[i * k + j]);
+        const dsv4::f32_rows X{x.data(), k + 3, m};
+        std::vector<float> y1(m * n), y2(m * n), y3(m * n);
+        act.fp4_gemv_rows(W.view(), X, {y1.data(), nullptr, n}, 0, n);
+        ref.fp4_gemv_rows(W.view(), X, {y2.data(), nullptr, n}, 0, n);
+        // any split of the rows gives the same bits
+        for (std::size_t a = 0; a < n;) {
+            const std::size_t b = std::min(n, a + 1 + r.u32() % 9);
+            act.fp4_gemv_rows(W.view(), X, {y3.data(), nullptr, n}, a, b);
+            a = b;
+        }
+        CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+        for (std::size_t i = 0; i < m * n; ++i) {
+            const std::size_t mi = i / n, ni = i % n;
+            double abs_sum = 0;
+            for (std::size_t j = 0; j < k; ++j) {
+                const uint8_t byte = W.w[ni * (k / 2 + pad) + j / 2];
+                const double wv = double(dsv4::e2m1_to_f32((j & 1) ? byte >> 4 : byte & 0xF)) *
+                                  double(dsv4::e8m0_to_f32(W.s[ni * (k / 32 + pad) + j / 32]));
+                abs_sum += std::fabs(double(x[mi * (k + 3) + j]) * wv);
+            }
+            CHECK(std::isfinite(y1[i]));
+            CHECK(std::fabs(y1[i] - y2[i]) <= 2 * double(k) * u32 * abs_sum + 1e-30);
+        }
+        // fast mode: integer dots are exact, only the f32 accumulation order differs
+        std::vector<int8_t> q(m * (k + 8));
+        std::vector<float> d(m * (k / 32 + 2));
+        std::vector<int32_t> c(m * (k / 8 + 4));
+        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k + 8, d.data(), k / 32 + 2, c.data(), k / 8 + 4);
+        const dsv4::q8_rows Q{q.data(), k + 8, d.data(), k / 32 + 2, c.data(), k / 8 + 4, m};
+        act.fp4_gemv_q8_rows(W.view(), Q, {y1.data(), nullptr, n}, 0, n);
+        ref.fp4_gemv_q8_rows(W.view(), Q, {y2.data(), nullptr, n}, 0, n);
+        for (std::size_t i = 0; i < m * n; ++i) CHECK(std::fabs(y1[i] - y2[i]) <= 1e-5 * (std::fabs(y2[i]) + 1.0));
+        // the oneTBB wrapper gives the single-threaded bits
+        dsv4::par::fp4_gemv_q8(W.view(), Q, {y3.data(), nullptr, n});
+        CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+    }
+}
+
+TEST_CASE("gemv: FP8 and BF16 tiers vs scalar with padded rows") {
+    rng r(11);
+    const std::size_t n = 131, k = 256, m = 6, wpad = 64;
+    std::vector<uint8_t> w(n * (k + wpad), 0x7F), s(2 * 4, 0xFF);
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < k; ++j) {
+            uint8_t c = uint8_t(r.u32());
+            if ((c & 0x7F) == 0x7F) c = 0x42;
+            w[i * (k + wpad) + j] = c;
+        }
+    for (std::size_t i = 0; i < 2; ++i)
+        for (std::size_t j = 0; j < 2; ++j) s[i * 4 + j] = uint8_t(115 + r.u32() % 10);
+    std::vector<float> x(m * k);
+    for (auto& v : x) v = dsv4::round_bf16(r.normal());
+    const dsv4::fp8_matrix W{w.data(), k + wpad, s.data(), 4, n, k};
+    std::vector<float> y1(m * n), y2(m * n);
+    active().fp8_gemv_rows(W, {x.data(), k, m}, {y1.data(), nullptr, n}, 0, n);
+    scalar_table().fp8_gemv_rows(W, {x.data(), k, m}, {y2.data(), nullptr, n}, 0, n);
+    for (std::size_t i = 0; i < m * n; ++i) {
+        CHECK(std::isfinite(y1[i]));
+        CHECK(std::fabs(y1[i] - y2[i]) <= 1e-5 * (std::fabs(y2[i]) + 1.0));
+    }
+    std::vector<uint16_t> wb(n * (k + 7), 0xFFC0);
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < k; ++j) wb[i * (k + 7) + j] = dsv4::f32_to_bf16(r.normal());
+    const dsv4::bf16_matrix B{wb.data(), k + 7, n, k};
+    active().bf16_gemv_rows(B, {x.data(), k, m}, {y1.data(), nullptr, n}, 0, n);
+    scalar_table().bf16_gemv_rows(B, {x.data(), k, m}, {y2.data(), nullptr, n}, 0, n);
+    for (std::size_t i = 0; i < m * n; ++i) CHECK(std::fabs(y1[i] - y2[i]) <= 1e-4 * (std::fabs(y2[i]) + 1.0));
+}
+
+TEST_CASE("gemv: preconditions are checked at the public entry points") {
+    std::vector<uint8_t> w(64 * 64), s(64 * 4);
+    std::vector<float> x(256), y(256);
+    const dsv4::fp4_matrix bad_k{w.data(), 24, s.data(), 2, 4, 48};
+    CHECK_THROWS_AS(dsv4::fp4_gemv(bad_k, {x.data(), 48, 1}, {y.data(), nullptr, 4}), dsv4::error);
+    const dsv4::fp8_matrix bad8{w.data(), 64, s.data(), 1, 4, 64};
+    CHECK_THROWS_AS(dsv4::fp8_gemv(bad8, {x.data(), 64, 1}, {y.data(), nullptr, 4}), dsv4::error);
+    const dsv4::fp4_matrix ok{w.data(), 32, s.data(), 2, 4, 64};
+    CHECK_THROWS_AS(dsv4::fp4_gemv(ok, {x.data(), 64, 1}, {nullptr, nullptr, 4}), dsv4::error);
+    CHECK_THROWS_AS(dsv4::fp4_gemv(ok, {x.data(), 64, 1}, {y.data(), nullptr, 4}, 2, 5), dsv4::error);
+    CHECK_THROWS_AS(dsv4::fp4_gemv(ok, {nullptr, 64, 1}, {y.data(), nullptr, 4}), dsv4::error);
+    CHECK_THROWS_AS(dsv4::fp4_gemv({nullptr, 32, s.data(), 2, 4, 64}, {x.data(), 64, 1}, {y.data(), nullptr, 4}),
+                    dsv4::error);
+    CHECK_THROWS_AS(dsv4::fp4_gemv(ok, {x.data(), 10, 2}, {y.data(), nullptr, 4}), dsv4::error);
+    const dsv4::fp8_matrix g8{w.data(), 128, s.data(), 1, 4, 128};
+    CHECK_THROWS_AS(dsv4::fp8_grouped_gemv(g8, 3, {x.data(), 384, 1}, {y.data(), nullptr, 4}), dsv4::error);
+}
