@@ -11,6 +11,8 @@
 #include "memory.hpp"
 #include "quant.hpp"
 #include "kernels/attention.hpp"
+#include "kernels/compressor.hpp"
+#include "kernels/hadamard.hpp"
 #include "kernels/norm.hpp"
 #include "kernels/peak.hpp"
 #include "kernels/rope.hpp"
@@ -48,6 +50,8 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.fp4_gemv_q8_rows = &kernels::fp4_gemv_q8_rows<Arch>;
     t.fp4_gate_up_rows = &kernels::fp4_gate_up_rows<Arch>;
     t.fp4_gate_up_q8_rows = &kernels::fp4_gate_up_q8_rows<Arch>;
+    t.hadamard_row = &kernels::hadamard_row<Arch>;
+    t.compressor_pool_row = &kernels::compressor_pool_row<Arch>;
     return t;
 }
 

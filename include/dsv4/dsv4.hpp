@@ -3,7 +3,10 @@
 
 #include "attention.hpp"
 #include "codec.hpp"
+#include "compressor.hpp"
+#include "executor.hpp"
 #include "gemv.hpp"
+#include "hadamard.hpp"
 #include "parallel.hpp"
 #include "formats.hpp"
 #include "isa.hpp"

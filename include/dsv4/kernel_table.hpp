@@ -11,6 +11,7 @@ namespace dsv4 {
 
 enum class fp8_sim_revision : int;
 struct sparse_attention_args;
+struct compressor_pool_group;
 
 struct kernel_table {
     /// The tier this table's code was compiled for, as seen by the preprocessor inside
@@ -54,6 +55,9 @@ struct kernel_table {
                              const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp4_gate_up_q8_rows)(const fp4_matrix&, const fp4_matrix&, const q8_rows&, const swiglu_epilogue&,
                                 const gemv_out&, std::size_t, std::size_t) noexcept;
+    // Hadamard (kernels/hadamard.hpp), compressor pooling (kernels/compressor.hpp)
+    void (*hadamard_row)(uint16_t*, std::size_t) noexcept;
+    void (*compressor_pool_row)(const compressor_pool_group&, const compressor_pool_group&, std::size_t, float*) noexcept;
 };
 
 namespace detail {
