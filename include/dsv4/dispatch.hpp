@@ -13,9 +13,11 @@
 #include "kernels/attention.hpp"
 #include "kernels/compressor.hpp"
 #include "kernels/hadamard.hpp"
+#include "kernels/indexer.hpp"
 #include "kernels/norm.hpp"
 #include "kernels/peak.hpp"
 #include "kernels/rope.hpp"
+#include "kernels/topk.hpp"
 
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
@@ -52,6 +54,8 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.fp4_gate_up_q8_rows = &kernels::fp4_gate_up_q8_rows<Arch>;
     t.hadamard_row = &kernels::hadamard_row<Arch>;
     t.compressor_pool_row = &kernels::compressor_pool_row<Arch>;
+    t.indexer_scores_rows = &kernels::indexer_scores_rows<Arch>;
+    t.topk_row = &kernels::topk_row<Arch>;
     return t;
 }
 

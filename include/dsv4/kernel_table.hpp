@@ -12,6 +12,8 @@ namespace dsv4 {
 enum class fp8_sim_revision : int;
 struct sparse_attention_args;
 struct compressor_pool_group;
+struct indexer_score_args;
+enum class topk_order : int;
 
 struct kernel_table {
     /// The tier this table's code was compiled for, as seen by the preprocessor inside
@@ -55,9 +57,12 @@ struct kernel_table {
                              const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp4_gate_up_q8_rows)(const fp4_matrix&, const fp4_matrix&, const q8_rows&, const swiglu_epilogue&,
                                 const gemv_out&, std::size_t, std::size_t) noexcept;
-    // Hadamard (kernels/hadamard.hpp), compressor pooling (kernels/compressor.hpp)
+    // Hadamard (kernels/hadamard.hpp), compressor pooling (kernels/compressor.hpp), indexer
+    // scores (kernels/indexer.hpp), top-k (kernels/topk.hpp)
     void (*hadamard_row)(uint16_t*, std::size_t) noexcept;
     void (*compressor_pool_row)(const compressor_pool_group&, const compressor_pool_group&, std::size_t, float*) noexcept;
+    void (*indexer_scores_rows)(const indexer_score_args&, std::size_t, std::size_t, float*) noexcept;
+    void (*topk_row)(const float*, std::size_t, std::size_t, topk_order, int32_t*, uint32_t*) noexcept;
 };
 
 namespace detail {
