@@ -9,6 +9,7 @@
 #include <oneapi/tbb/parallel_for.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -101,6 +102,51 @@ inline double stream_read_bps(std::size_t bytes, int threads) {
     }
     std::sort(rates.begin(), rates.end());
     return cache[{bytes, threads}] = rates[rates.size() / 2];
+}
+
+/// FMA throughput (flop/s) of tier t's fma_peak kernel on `threads` threads: the ceiling
+/// for flops_frac. Dynamic chunks (8 per thread) of ~2 ms each; median of 5 runs of ~50 ms.
+inline double fma_peak_flops(dsv4::tier t, int threads) {
+    static std::mutex mu;
+    static std::map<std::pair<int, int>, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find({int(t), threads}); it != cache.end()) return it->second;
+    const auto& k = *dsv4::kernels_for(t);
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    float sink = 0;
+    uint64_t iters = 1 << 12;  // calibrate: one chunk ~ 2 ms
+    for (;;) {
+        const auto t0 = std::chrono::steady_clock::now();
+        k.fma_peak(iters, &sink);
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(2) || iters > (uint64_t(1) << 40)) break;
+        iters *= 2;
+    }
+    const std::size_t chunks = std::size_t(8 * threads) * 3;
+    std::vector<double> rates;
+    for (int rep = 0; rep < 5; ++rep) {
+        std::atomic<uint64_t> flops{0};
+        const auto t0 = std::chrono::steady_clock::now();
+        parallel_rows(threads, chunks, 1, [&](std::size_t c0, std::size_t c1) {
+            float out = 0;
+            uint64_t f = 0;
+            for (std::size_t c = c0; c < c1; ++c) f += k.fma_peak(iters, &out);
+            flops += f;
+            benchmark::DoNotOptimize(out);
+        });
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        rates.push_back(double(flops.load()) / s);
+    }
+    benchmark::DoNotOptimize(sink);
+    std::sort(rates.begin(), rates.end());
+    return cache[{int(t), threads}] = rates[rates.size() / 2];
+}
+
+/// Sets GFLOP/s and flops_frac (achieved flop/s over the tier's FMA ceiling).
+inline void set_flops_counters(benchmark::State& st, double flops_per_iter, double peak_flops) {
+    const double it = double(st.iterations());
+    st.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * it * 1e-9, benchmark::Counter::kIsRate);
+    st.counters["flops_frac"] = benchmark::Counter(flops_per_iter * it / peak_flops, benchmark::Counter::kIsRate);
+    st.counters["peak_GFLOP/s"] = peak_flops * 1e-9;
 }
 
 /// Sets bytes/s, GFLOP/s and bw_frac (achieved bytes/s over the streaming ceiling).
