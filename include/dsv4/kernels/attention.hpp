@@ -78,7 +78,7 @@ struct layout {
         l = take(hp);
         alpha = take(hp);
         aux = take(hp);
-        list = take(block);
+        list = take(2 * block);
         total = at + 16;  // slack to align the caller's pointer to 64 bytes
     }
 };
@@ -108,23 +108,18 @@ DSV4_INLINE void load_q_transposed(const uint16_t* q, std::size_t hg, std::size_
         for (std::size_t d = 0; d < dim; ++d)
             for (std::size_t h = 0; h < hp; ++h) qt[d * hp + h] = h < hg ? bf16_to_f32(q[h * dim + d]) : 0.0f;
     } else {
-        using VI = simd::vi32<A>;
+        // 8 x 8 (AVX2) or 16 x 16 (AVX-512) tiles: w heads x w dims in, transposed in registers
         using VF = simd::vf32<A>;
-        constexpr std::size_t w = W<A>;
-        alignas(64) int32_t lane[w];
-        for (std::size_t l = 0; l < w; ++l) lane[l] = int32_t(l);
-        const VI iota = VI::load_aligned(lane);
-        for (std::size_t h0 = 0; h0 < hp; h0 += w) {
-            const auto valid = iota < VI(int32_t(std::min(hg, h0 + w) - std::min(hg, h0)));
-            // padding lanes read head h0 (always valid memory) and are zeroed below
-            const VI ix = simd::select_i<A>(valid, (iota + VI(int32_t(h0))) * VI(int32_t(dim)), VI(int32_t(std::min(h0, hg - 1) * dim)));
-            for (std::size_t d = 0; d < dim; d += 2) {
-                const VI g = simd::gather_u16_pairs(A{}, q + d, ix);  // (q[h][d], q[h][d+1]) per lane
-                const VF lo = simd::from_bits(g << 16), hi = simd::from_bits(g & VI(int32_t(0xFFFF0000u)));
-                simd::select_f<A>(valid, lo, VF(0.0f)).store_unaligned(qt + d * hp + h0);
-                simd::select_f<A>(valid, hi, VF(0.0f)).store_unaligned(qt + (d + 1) * hp + h0);
+        constexpr int w = int(W<A>);
+        for (std::size_t h0 = 0; h0 < hp; h0 += w)
+            for (std::size_t d = 0; d < dim; d += w) {
+                VF r[w];
+                simd::unroll<w>([&](auto i) DSV4_LAMBDA_INLINE {
+                    r[i] = h0 + i < hg ? simd::load_bf16<A>(q + (h0 + i) * dim + d) : VF(0.0f);
+                });
+                simd::transpose(A{}, r);
+                simd::unroll<w>([&](auto k) DSV4_LAMBDA_INLINE { r[k].store_unaligned(qt + (d + k) * hp + h0); });
             }
-        }
     }
 }
 
@@ -227,14 +222,17 @@ DSV4_INLINE void softmax_block(float* s, std::size_t n, std::size_t hp, float sc
 }
 
 /// O[h][d0 .. d0 + ND vectors] for heads h0..h0+NH: rescale by alpha, then add P·V over j.
+/// `first` (the first block with a valid index): O is not read, it starts at 0 (= O*alpha,
+/// alpha being e^-inf = 0 there).
 template <class A, int NH, int ND>
 DSV4_INLINE void pv_tile(const float* p, std::size_t n, std::size_t hp, const float* kf, std::size_t dim, float* o,
-                         const float* alpha, std::size_t h0, std::size_t d0) noexcept {
+                         const float* alpha, std::size_t h0, std::size_t d0, bool first) noexcept {
     using V = simd::freg<A>;
     constexpr std::size_t w = W<A>;
     V acc[NH * ND];
     simd::unroll<NH * ND>([&](auto i) DSV4_LAMBDA_INLINE {
-        acc[i] = simd::rounded(simd::loadu<A>(o + (h0 + i / ND) * dim + d0 + (i % ND) * w) * V(alpha[h0 + i / ND]));
+        acc[i] = first ? V(0.0f)
+                       : simd::rounded(simd::loadu<A>(o + (h0 + i / ND) * dim + d0 + (i % ND) * w) * V(alpha[h0 + i / ND]));
     });
     const std::size_t ldk = kf_stride(dim);
     for (std::size_t j = 0; j < n; ++j) {
@@ -251,23 +249,23 @@ DSV4_INLINE void pv_tile(const float* p, std::size_t n, std::size_t hp, const fl
 /// The last r < NH heads of a PV column slice.
 template <class A, int NH, int ND>
 DSV4_INLINE void pv_rest(std::size_t r, const float* p, std::size_t n, std::size_t hp, const float* kf, std::size_t dim,
-                         float* o, const float* alpha, std::size_t h0, std::size_t d0) noexcept {
+                         float* o, const float* alpha, std::size_t h0, std::size_t d0, bool first) noexcept {
     if constexpr (NH > 1) {
-        if (r == NH - 1) pv_tile<A, NH - 1, ND>(p, n, hp, kf, dim, o, alpha, h0, d0);
-        else pv_rest<A, NH - 1, ND>(r, p, n, hp, kf, dim, o, alpha, h0, d0);
+        if (r == NH - 1) pv_tile<A, NH - 1, ND>(p, n, hp, kf, dim, o, alpha, h0, d0, first);
+        else pv_rest<A, NH - 1, ND>(r, p, n, hp, kf, dim, o, alpha, h0, d0, first);
     }
 }
 
 /// O[h] = O[h]*alpha[h] + sum_j P[j][h] Kf[j] for h < hg.
 template <class A>
 DSV4_INLINE void pv_block(const float* p, std::size_t n, std::size_t hp, std::size_t hg, const float* kf, std::size_t dim,
-                          float* o, const float* alpha) noexcept {
+                          float* o, const float* alpha, bool first) noexcept {
     constexpr int NH = pv_heads<A>, ND = pv_dvec<A>;
     constexpr std::size_t chunk = std::size_t(ND) * W<A>;
     for (std::size_t d0 = 0; d0 < dim; d0 += chunk) {
         std::size_t h = 0;
-        for (; h + NH <= hg; h += NH) pv_tile<A, NH, ND>(p, n, hp, kf, dim, o, alpha, h, d0);
-        if (h < hg) pv_rest<A, NH, ND>(hg - h, p, n, hp, kf, dim, o, alpha, h, d0);
+        for (; h + NH <= hg; h += NH) pv_tile<A, NH, ND>(p, n, hp, kf, dim, o, alpha, h, d0, first);
+        if (h < hg) pv_rest<A, NH, ND>(hg - h, p, n, hp, kf, dim, o, alpha, h, d0, first);
     }
 }
 
@@ -289,22 +287,42 @@ void attend_row(const sparse_attention_args& a, std::size_t s, std::size_t h0, s
     int32_t* list = reinterpret_cast<int32_t*>(ws + lay.list);
 
     load_q_transposed<A>(a.q + s * a.q_stride + h0 * dim, hg, dim, hp, qt);
-    std::fill(o, o + hg * dim, 0.0f);
     std::fill(m, m + hp, -std::numeric_limits<float>::infinity());
     std::fill(l, l + hp, 0.0f);
 
     const int32_t* ir = a.idx + s * a.idx_stride;
     const bool round_p = a.precision == attention_precision::official;
-    for (std::size_t b0 = 0; b0 < a.idx_len; b0 += block) {
-        const std::size_t nb = std::min(block, a.idx_len - b0);
+    // valid indices of the block at column b0, compacted into out (an all-masked block
+    // changes nothing: alpha = 1 and no terms, so it is skipped)
+    auto compact = [&](std::size_t b0, int32_t* out) {
         std::size_t n = 0;
-        for (std::size_t c = 0; c < nb; ++c)
-            if (ir[b0 + c] >= 0) list[n++] = ir[b0 + c];
-        if (n == 0) continue;  // an all-masked block changes nothing (alpha = 1, no terms)
+        for (std::size_t c = b0, e = std::min(a.idx_len, b0 + block); c < e; ++c)
+            if (ir[c] >= 0) out[n++] = ir[c];
+        return n;
+    };
+    // While one block computes (~100k cycles), the next block's KV rows are prefetched:
+    // a decode step reads its rows cold, often from DRAM.
+    const std::size_t row_bytes = dim * sizeof(uint16_t);
+    auto prefetch = [&](const int32_t* rows, std::size_t n) {
+        for (std::size_t r = 0; r < n; ++r) {
+            const char* p = reinterpret_cast<const char*>(a.kv + std::size_t(rows[r]) * a.kv_stride);
+            for (std::size_t o = 0; o < row_bytes; o += 64) simd::prefetch_l2(p + o);
+        }
+    };
+    int32_t* next = list + block;
+    bool seen = false;  // a block with a valid index has been accumulated into O
+    std::size_t n_next = compact(0, next);
+    for (std::size_t b0 = 0; b0 < a.idx_len; b0 += block) {
+        std::swap(list, next);
+        const std::size_t n = n_next;
+        n_next = b0 + block < a.idx_len ? compact(b0 + block, next) : 0;
+        if (n == 0) continue;
+        prefetch(next, n_next);
         for (std::size_t r = 0; r < n; ++r) widen_row<A>(a.kv + std::size_t(list[r]) * a.kv_stride, kf + r * kf_stride(dim), dim);
         qk_block<A>(qt, hp, kf, n, dim, sp);
         softmax_block<A>(sp, n, hp, a.scale, m, l, alpha, round_p);
-        pv_block<A>(sp, n, hp, hg, kf, dim, o, alpha);
+        pv_block<A>(sp, n, hp, hg, kf, dim, o, alpha, !seen);
+        seen = true;
     }
 
     // denominator: l + e^(sink - m); a head that saw no valid index (m = -inf) outputs 0
@@ -333,7 +351,13 @@ template <class A>
 void sparse_attention_rows(const sparse_attention_args& a, std::size_t s0, std::size_t s1, std::size_t h0,
                            std::size_t h1, float* scratch) noexcept {
     float* ws = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(scratch) + 63) & ~std::uintptr_t(63));
-    for (std::size_t s = s0; s < s1; ++s) attn::attend_row<A>(a, s, h0, h1, ws);
+    for (std::size_t s = s0; s < s1; ++s) {
+        if (s + 1 < s1) {  // the next row's q (64 KiB at V4 shapes) arrives while this row computes
+            const char* q = reinterpret_cast<const char*>(a.q + (s + 1) * a.q_stride + h0 * a.dim);
+            for (std::size_t o = 0, e = (h1 - h0) * a.dim * sizeof(uint16_t); o < e; o += 64) simd::prefetch_l2(q + o);
+        }
+        attn::attend_row<A>(a, s, h0, h1, ws);
+    }
 }
 
 }  // namespace kernels
