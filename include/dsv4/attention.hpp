@@ -18,6 +18,7 @@
 #include "codec.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 
@@ -184,7 +185,7 @@ inline void sparse_attention(const sparse_attention_args& a, void* scratch, std:
 /// decode step (one row) still spreads over threads. Each group keeps every gathered KV
 /// row for >= 16 heads.
 inline std::size_t sparse_attention_head_group(std::size_t tokens, std::size_t heads, std::size_t threads) noexcept {
-    if (tokens >= 2 * threads || heads <= 16) return heads;
+    if (threads <= 1 || tokens >= 2 * threads || heads <= 16) return heads;
     const std::size_t g = tokens * ((heads + 31) / 32) >= threads ? 32 : 16;
     return std::min(heads, g);
 }
@@ -195,10 +196,18 @@ inline std::size_t sparse_attention_parallel_scratch_bytes(std::size_t heads, st
     return sparse_attention_scratch_bytes(heads, dim) * std::size_t(tbb::this_task_arena::max_concurrency());
 }
 
-/// All rows and heads on oneTBB (dynamic chunks over rows x head groups). Identical bits
-/// to sparse_attention for any thread count. scratch:
+/// The kernel type of sparse_attention_rows (kernel_table::sparse_attention_rows).
+using sparse_attention_kernel = void (*)(const sparse_attention_args&, std::size_t, std::size_t, std::size_t,
+                                         std::size_t, float*) noexcept;
+
+/// All rows and heads on oneTBB: dynamic chunks over rows x head groups, as many threads
+/// as the arena and tbb::global_control allow (one thread: a plain loop, all heads per
+/// row). Identical bits to sparse_attention for any thread count. scratch:
 /// sparse_attention_parallel_scratch_bytes(heads, dim), sized in the arena this runs in.
-inline void sparse_attention_parallel(const sparse_attention_args& a, void* scratch, std::size_t scratch_bytes) {
+/// `kernel` picks a tier's kernel (kernels_for(t)->sparse_attention_rows); default: the
+/// dispatched one.
+inline void sparse_attention_parallel(const sparse_attention_args& a, void* scratch, std::size_t scratch_bytes,
+                                      sparse_attention_kernel kernel = nullptr) {
     const char* fn = "sparse_attention_parallel";
     detail::check_attention(a, 0, a.tokens, 0, a.heads, fn);
     const std::size_t slots = std::size_t(tbb::this_task_arena::max_concurrency());
@@ -206,10 +215,16 @@ inline void sparse_attention_parallel(const sparse_attention_args& a, void* scra
     detail::require(scratch && scratch_bytes >= per * slots, fn,
                     "scratch smaller than sparse_attention_parallel_scratch_bytes(heads, dim)");
     if (a.tokens == 0) return;
-    const auto kern = DSV4_KERNEL(sparse_attention_rows);
-    const std::size_t hgs = sparse_attention_head_group(a.tokens, a.heads, slots);
-    const std::size_t groups = (a.heads + hgs - 1) / hgs;
+    const auto kern = kernel ? kernel : DSV4_KERNEL(sparse_attention_rows);
+    const std::size_t threads =
+        std::min(slots, tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
     unsigned char* base = static_cast<unsigned char*>(scratch);
+    if (threads <= 1) {
+        kern(a, 0, a.tokens, 0, a.heads, reinterpret_cast<float*>(base));
+        return;
+    }
+    const std::size_t hgs = sparse_attention_head_group(a.tokens, a.heads, threads);
+    const std::size_t groups = (a.heads + hgs - 1) / hgs;
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, a.tokens * groups, 1),
                       [&](const tbb::blocked_range<std::size_t>& r) {
                           // a body never spawns, so no two running bodies share a thread index

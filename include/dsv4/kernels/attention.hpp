@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <utility>
 
 namespace dsv4 {
 
@@ -55,6 +56,9 @@ inline constexpr std::size_t block = 64;         ///< index columns per online-s
 inline constexpr std::size_t max_tile_rows = 16;  ///< the tallest QK tile (pads Kf/S rows)
 inline constexpr std::size_t max_head_pad = 16;   ///< heads are padded to a multiple of <= this
 inline constexpr std::size_t qk_depth = 128;      ///< d-chunk of QK: keeps a 32 KiB slice of Qt in L1
+/// Kf row stride: dim + 16 floats. A stride of a multiple of 2 KiB would put the PV tile's
+/// column slice of 64 rows into a handful of L1 sets (conflict misses on every pass).
+DSV4_INLINE constexpr std::size_t kf_stride(std::size_t dim) noexcept { return dim + 16; }
 
 DSV4_INLINE constexpr std::size_t round_up(std::size_t x, std::size_t m) noexcept { return (x + m - 1) / m * m; }
 
@@ -68,26 +72,35 @@ struct layout {
         auto take = [&at](std::size_t n) { const std::size_t p = at; at += round_up(n, 16); return p; };
         qt = take(dim * hp);
         o = take(hp * dim);
-        kf = take((block + max_tile_rows) * dim);
+        kf = take((block + max_tile_rows) * kf_stride(dim));
         s = take((block + max_tile_rows) * hp);
         m = take(hp);
         l = take(hp);
         alpha = take(hp);
         aux = take(hp);
-        list = take(block);
+        list = take(2 * block);
         total = at + 16;  // slack to align the caller's pointer to 64 bytes
     }
 };
 
 template <class A> inline constexpr std::size_t W = simd::lanes<A>();
-/// Head padding: the QK tile's vector width (4 heads on the scalar tier, the PV tile height).
-template <class A> inline constexpr std::size_t head_pad = simd::is_scalar<A> ? 4 : simd::lanes<A>();
-/// QK tile: NV head vectors x qk_rows KV rows of accumulators (16 of 32 zmm, 12 of 16 ymm).
+/// Head padding: the QK tile's vector width (1 on the scalar tier).
+template <class A> inline constexpr std::size_t head_pad = simd::lanes<A>();
+/// QK tile: NV head vectors x qk_rows KV rows of accumulators: 24 of 32 zmm (16 for the
+/// narrower head groups), 12 of 16 ymm. Per d step a tile loads NV vectors and broadcasts
+/// qk_rows values for NV * qk_rows FMAs: on Zen 5 a 4 x 4 zmm tile (0.5 loads per FMA)
+/// ran at ~75 % of the FMA peak, the 4 x 6 tile (0.42) at ~92 %.
 template <class A> inline constexpr int qk_max_nv = simd::is_avx512<A> ? 4 : (simd::is_scalar<A> ? 4 : 3);
-template <class A, int NV> inline constexpr int qk_rows = simd::is_avx512<A> ? 16 / NV : (simd::is_scalar<A> ? 4 : 12 / NV);
-/// PV tile: pv_heads heads x pv_dvec d-vectors of accumulators.
-template <class A> inline constexpr int pv_heads = 4;
-template <class A> inline constexpr int pv_dvec = simd::is_scalar<A> ? 4 : (simd::is_avx512<A> ? 4 : 2);
+template <class A, int NV>
+inline constexpr int qk_rows = simd::is_avx512<A> ? (NV == 4 ? 6 : 16 / NV) : (simd::is_scalar<A> ? 4 : 12 / NV);
+/// PV tile: pv_heads heads x pv_dvec d-vectors of accumulators (24 zmm, 12 ymm).
+template <class A> inline constexpr int pv_heads = simd::is_avx512<A> ? 6 : (simd::is_scalar<A> ? 4 : 3);
+template <class A> inline constexpr int pv_dvec = 4;
+
+/// f32 copy of one bf16 row of `dim` (a multiple of 64) values.
+template <class A> DSV4_INLINE void widen_row(const uint16_t* x, float* y, std::size_t dim) noexcept {
+    for (std::size_t d = 0; d < dim; d += W<A>) simd::storeu(y + d, simd::load_bf16<A>(x + d));
+}
 
 /// Qt[d][h] = f32(q[h][d]) for h < hg, 0 for the padding heads up to hp.
 template <class A>
@@ -96,53 +109,48 @@ DSV4_INLINE void load_q_transposed(const uint16_t* q, std::size_t hg, std::size_
         for (std::size_t d = 0; d < dim; ++d)
             for (std::size_t h = 0; h < hp; ++h) qt[d * hp + h] = h < hg ? bf16_to_f32(q[h * dim + d]) : 0.0f;
     } else {
-        using VI = simd::vi32<A>;
+        // 8 x 8 (AVX2) or 16 x 16 (AVX-512) tiles: w heads x w dims in, transposed in registers
         using VF = simd::vf32<A>;
-        constexpr std::size_t w = W<A>;
-        alignas(64) int32_t lane[w];
-        for (std::size_t l = 0; l < w; ++l) lane[l] = int32_t(l);
-        const VI iota = VI::load_aligned(lane);
-        for (std::size_t h0 = 0; h0 < hp; h0 += w) {
-            const auto valid = iota < VI(int32_t(std::min(hg, h0 + w) - std::min(hg, h0)));
-            // padding lanes read head h0 (always valid memory) and are zeroed below
-            const VI ix = simd::select_i<A>(valid, (iota + VI(int32_t(h0))) * VI(int32_t(dim)), VI(int32_t(std::min(h0, hg - 1) * dim)));
-            for (std::size_t d = 0; d < dim; d += 2) {
-                const VI g = simd::gather_u16_pairs(A{}, q + d, ix);  // (q[h][d], q[h][d+1]) per lane
-                const VF lo = simd::from_bits(g << 16), hi = simd::from_bits(g & VI(int32_t(0xFFFF0000u)));
-                simd::select_f<A>(valid, lo, VF(0.0f)).store_unaligned(qt + d * hp + h0);
-                simd::select_f<A>(valid, hi, VF(0.0f)).store_unaligned(qt + (d + 1) * hp + h0);
+        constexpr int w = int(W<A>);
+        for (std::size_t h0 = 0; h0 < hp; h0 += w)
+            for (std::size_t d = 0; d < dim; d += w) {
+                VF r[w];
+                simd::unroll<w>([&](auto i) DSV4_LAMBDA_INLINE {
+                    r[i] = h0 + i < hg ? simd::load_bf16<A>(q + (h0 + i) * dim + d) : VF(0.0f);
+                });
+                simd::transpose(A{}, r);
+                simd::unroll<w>([&](auto k) DSV4_LAMBDA_INLINE { r[k].store_unaligned(qt + (d + k) * hp + h0); });
             }
-        }
     }
 }
 
 /// S[j][hv..hv+NV vectors] over d in [d0, d1) for rows j0..j0+R of Kf; `first` starts from 0.
 template <class A, int NV, int R>
-DSV4_INLINE void qk_tile(const float* qt, std::size_t hp, const float* kf, std::size_t dim, float* s, std::size_t h0,
+DSV4_INLINE void qk_tile(const float* qt, std::size_t hp, const float* kf, std::size_t ldk, float* s, std::size_t h0,
                          std::size_t j0, std::size_t d0, std::size_t d1, bool first) noexcept {
     using V = simd::freg<A>;
     constexpr std::size_t w = W<A>;
-    V acc[R][NV];
-    for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = first ? V(0.0f) : simd::loadu<A>(s + (j0 + r) * hp + h0 + v * w);
-    const float* krow = kf + j0 * dim;
+    V acc[R * NV];
+    simd::unroll<R * NV>([&](auto i) DSV4_LAMBDA_INLINE {
+        acc[i] = first ? V(0.0f) : simd::loadu<A>(s + (j0 + i / NV) * hp + h0 + (i % NV) * w);
+    });
+    const float* krow = kf + j0 * ldk;
     for (std::size_t d = d0; d < d1; ++d) {
         V qv[NV];
-        for (int v = 0; v < NV; ++v) qv[v] = simd::loadu<A>(qt + d * hp + h0 + v * w);
-        for (int r = 0; r < R; ++r) {
-            const V k(krow[r * dim + d]);
-            for (int v = 0; v < NV; ++v) acc[r][v] = simd::fmadd(k, qv[v], acc[r][v]);
-        }
+        simd::unroll<NV>([&](auto v) DSV4_LAMBDA_INLINE { qv[v] = simd::loadu<A>(qt + d * hp + h0 + v * w); });
+        simd::unroll<R>([&](auto r) DSV4_LAMBDA_INLINE {
+            const V k(krow[r * ldk + d]);
+            simd::unroll<NV>([&](auto v) DSV4_LAMBDA_INLINE { acc[r * NV + v] = simd::fmadd(k, qv[v], acc[r * NV + v]); });
+        });
     }
-    for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) simd::storeu(s + (j0 + r) * hp + h0 + v * w, acc[r][v]);
+    simd::unroll<R * NV>([&](auto i) DSV4_LAMBDA_INLINE { simd::storeu(s + (j0 + i / NV) * hp + h0 + (i % NV) * w, acc[i]); });
 }
 
 template <class A, int NV>
-DSV4_INLINE void qk_group(const float* qt, std::size_t hp, const float* kf, std::size_t n, std::size_t dim, float* s,
+DSV4_INLINE void qk_group(const float* qt, std::size_t hp, const float* kf, std::size_t n, std::size_t ldk, float* s,
                           std::size_t h0, std::size_t d0, std::size_t d1) noexcept {
     constexpr int R = qk_rows<A, NV>;
-    for (std::size_t j = 0; j < n; j += R) qk_tile<A, NV, R>(qt, hp, kf, dim, s, h0, j, d0, d1, d0 == 0);
+    for (std::size_t j = 0; j < n; j += R) qk_tile<A, NV, R>(qt, hp, kf, ldk, s, h0, j, d0, d1, d0 == 0);
 }
 
 template <class A> DSV4_INLINE std::size_t qk_rows_of(std::size_t nv) noexcept {
@@ -165,17 +173,18 @@ DSV4_INLINE void qk_block(const float* qt, std::size_t hp, float* kf, std::size_
         const std::size_t r = qk_rows_of<A>(std::min<std::size_t>(qk_max_nv<A>, nvec - hv));
         npad = std::max(npad, round_up(n, r));
     }
-    std::fill(kf + n * dim, kf + npad * dim, 0.0f);
+    const std::size_t ldk = kf_stride(dim);
+    std::fill(kf + n * ldk, kf + npad * ldk, 0.0f);
     for (std::size_t d0 = 0; d0 < dim; d0 += qk_depth) {
         const std::size_t d1 = std::min(dim, d0 + qk_depth);
         for (std::size_t hv = 0; hv < nvec; hv += std::size_t(qk_max_nv<A>)) {
             const std::size_t h0 = hv * w;
             switch (std::min<std::size_t>(qk_max_nv<A>, nvec - hv)) {
-                case 1: qk_group<A, 1>(qt, hp, kf, n, dim, s, h0, d0, d1); break;
-                case 2: qk_group<A, 2>(qt, hp, kf, n, dim, s, h0, d0, d1); break;
-                case 3: qk_group<A, 3>(qt, hp, kf, n, dim, s, h0, d0, d1); break;
+                case 1: qk_group<A, 1>(qt, hp, kf, n, ldk, s, h0, d0, d1); break;
+                case 2: qk_group<A, 2>(qt, hp, kf, n, ldk, s, h0, d0, d1); break;
+                case 3: qk_group<A, 3>(qt, hp, kf, n, ldk, s, h0, d0, d1); break;
                 default:
-                    if constexpr (qk_max_nv<A> >= 4) qk_group<A, 4>(qt, hp, kf, n, dim, s, h0, d0, d1);
+                    if constexpr (qk_max_nv<A> >= 4) qk_group<A, 4>(qt, hp, kf, n, ldk, s, h0, d0, d1);
                     break;
             }
         }
@@ -214,36 +223,51 @@ DSV4_INLINE void softmax_block(float* s, std::size_t n, std::size_t hp, float sc
 }
 
 /// O[h][d0 .. d0 + ND vectors] for heads h0..h0+NH: rescale by alpha, then add P·V over j.
+/// `first` (the first block with a valid index): O is not read, it starts at 0 (= O*alpha,
+/// alpha being e^-inf = 0 there).
 template <class A, int NH, int ND>
 DSV4_INLINE void pv_tile(const float* p, std::size_t n, std::size_t hp, const float* kf, std::size_t dim, float* o,
-                         const float* alpha, std::size_t h0, std::size_t d0) noexcept {
+                         const float* alpha, std::size_t h0, std::size_t d0, bool first) noexcept {
     using V = simd::freg<A>;
     constexpr std::size_t w = W<A>;
-    V acc[NH][ND];
-    for (int i = 0; i < NH; ++i) {
-        const V a(alpha[h0 + i]);
-        for (int v = 0; v < ND; ++v) acc[i][v] = simd::rounded(simd::loadu<A>(o + (h0 + i) * dim + d0 + v * w) * a);
-    }
+    V acc[NH * ND];
+    simd::unroll<NH * ND>([&](auto i) DSV4_LAMBDA_INLINE {
+        acc[i] = first ? V(0.0f)
+                       : simd::rounded(simd::loadu<A>(o + (h0 + i / ND) * dim + d0 + (i % ND) * w) * V(alpha[h0 + i / ND]));
+    });
+    const std::size_t ldk = kf_stride(dim);
     for (std::size_t j = 0; j < n; ++j) {
         V x[ND];
-        for (int v = 0; v < ND; ++v) x[v] = simd::loadu<A>(kf + j * dim + d0 + v * w);
-        for (int i = 0; i < NH; ++i) {
+        simd::unroll<ND>([&](auto v) DSV4_LAMBDA_INLINE { x[v] = simd::loadu<A>(kf + j * ldk + d0 + v * w); });
+        simd::unroll<NH>([&](auto i) DSV4_LAMBDA_INLINE {
             const V pj(p[j * hp + h0 + i]);
-            for (int v = 0; v < ND; ++v) acc[i][v] = simd::fmadd(pj, x[v], acc[i][v]);
-        }
+            simd::unroll<ND>([&](auto v) DSV4_LAMBDA_INLINE { acc[i * ND + v] = simd::fmadd(pj, x[v], acc[i * ND + v]); });
+        });
     }
-    for (int i = 0; i < NH; ++i)
-        for (int v = 0; v < ND; ++v) simd::storeu(o + (h0 + i) * dim + d0 + v * w, acc[i][v]);
+    simd::unroll<NH * ND>([&](auto i) DSV4_LAMBDA_INLINE { simd::storeu(o + (h0 + i / ND) * dim + d0 + (i % ND) * w, acc[i]); });
 }
 
-/// O[h] = O[h]*alpha[h] + sum_j P[j][h] Kf[j] for h < hq (a multiple of pv_heads).
+/// The last r < NH heads of a PV column slice.
+template <class A, int NH, int ND>
+DSV4_INLINE void pv_rest(std::size_t r, const float* p, std::size_t n, std::size_t hp, const float* kf, std::size_t dim,
+                         float* o, const float* alpha, std::size_t h0, std::size_t d0, bool first) noexcept {
+    if constexpr (NH > 1) {
+        if (r == NH - 1) pv_tile<A, NH - 1, ND>(p, n, hp, kf, dim, o, alpha, h0, d0, first);
+        else pv_rest<A, NH - 1, ND>(r, p, n, hp, kf, dim, o, alpha, h0, d0, first);
+    }
+}
+
+/// O[h] = O[h]*alpha[h] + sum_j P[j][h] Kf[j] for h < hg.
 template <class A>
-DSV4_INLINE void pv_block(const float* p, std::size_t n, std::size_t hp, std::size_t hq, const float* kf, std::size_t dim,
-                          float* o, const float* alpha) noexcept {
+DSV4_INLINE void pv_block(const float* p, std::size_t n, std::size_t hp, std::size_t hg, const float* kf, std::size_t dim,
+                          float* o, const float* alpha, bool first) noexcept {
     constexpr int NH = pv_heads<A>, ND = pv_dvec<A>;
     constexpr std::size_t chunk = std::size_t(ND) * W<A>;
-    for (std::size_t d0 = 0; d0 < dim; d0 += chunk)
-        for (std::size_t h = 0; h < hq; h += NH) pv_tile<A, NH, ND>(p, n, hp, kf, dim, o, alpha, h, d0);
+    for (std::size_t d0 = 0; d0 < dim; d0 += chunk) {
+        std::size_t h = 0;
+        for (; h + NH <= hg; h += NH) pv_tile<A, NH, ND>(p, n, hp, kf, dim, o, alpha, h, d0, first);
+        if (h < hg) pv_rest<A, NH, ND>(hg - h, p, n, hp, kf, dim, o, alpha, h, d0, first);
+    }
 }
 
 /// One query row s, heads [h0, h1).
@@ -251,7 +275,7 @@ template <class A>
 void attend_row(const sparse_attention_args& a, std::size_t s, std::size_t h0, std::size_t h1, float* ws) noexcept {
     using V = simd::freg<A>;
     constexpr std::size_t w = W<A>;
-    const std::size_t dim = a.dim, hg = h1 - h0, hp = round_up(hg, head_pad<A>), hq = round_up(hg, pv_heads<A>);
+    const std::size_t dim = a.dim, hg = h1 - h0, hp = round_up(hg, head_pad<A>);
     const layout lay(hg, dim);
     float* qt = ws + lay.qt;
     float* o = ws + lay.o;
@@ -264,22 +288,42 @@ void attend_row(const sparse_attention_args& a, std::size_t s, std::size_t h0, s
     int32_t* list = reinterpret_cast<int32_t*>(ws + lay.list);
 
     load_q_transposed<A>(a.q + s * a.q_stride + h0 * dim, hg, dim, hp, qt);
-    std::fill(o, o + hq * dim, 0.0f);
     std::fill(m, m + hp, -std::numeric_limits<float>::infinity());
     std::fill(l, l + hp, 0.0f);
 
     const int32_t* ir = a.idx + s * a.idx_stride;
     const bool round_p = a.precision == attention_precision::official;
-    for (std::size_t b0 = 0; b0 < a.idx_len; b0 += block) {
-        const std::size_t nb = std::min(block, a.idx_len - b0);
+    // valid indices of the block at column b0, compacted into out (an all-masked block
+    // changes nothing: alpha = 1 and no terms, so it is skipped)
+    auto compact = [&](std::size_t b0, int32_t* out) {
         std::size_t n = 0;
-        for (std::size_t c = 0; c < nb; ++c)
-            if (ir[b0 + c] >= 0) list[n++] = ir[b0 + c];
-        if (n == 0) continue;  // an all-masked block changes nothing (alpha = 1, no terms)
-        for (std::size_t r = 0; r < n; ++r) decode_bf16<A>(a.kv + std::size_t(list[r]) * a.kv_stride, kf + r * dim, dim);
+        for (std::size_t c = b0, e = std::min(a.idx_len, b0 + block); c < e; ++c)
+            if (ir[c] >= 0) out[n++] = ir[c];
+        return n;
+    };
+    // While one block computes (~100k cycles), the next block's KV rows are prefetched:
+    // a decode step reads its rows cold, often from DRAM.
+    const std::size_t row_bytes = dim * sizeof(uint16_t);
+    auto prefetch = [&](const int32_t* rows, std::size_t n) {
+        for (std::size_t r = 0; r < n; ++r) {
+            const char* p = reinterpret_cast<const char*>(a.kv + std::size_t(rows[r]) * a.kv_stride);
+            for (std::size_t o = 0; o < row_bytes; o += 64) simd::prefetch_l2(p + o);
+        }
+    };
+    int32_t* next = list + block;
+    bool seen = false;  // a block with a valid index has been accumulated into O
+    std::size_t n_next = compact(0, next);
+    for (std::size_t b0 = 0; b0 < a.idx_len; b0 += block) {
+        std::swap(list, next);
+        const std::size_t n = n_next;
+        n_next = b0 + block < a.idx_len ? compact(b0 + block, next) : 0;
+        if (n == 0) continue;
+        prefetch(next, n_next);
+        for (std::size_t r = 0; r < n; ++r) widen_row<A>(a.kv + std::size_t(list[r]) * a.kv_stride, kf + r * kf_stride(dim), dim);
         qk_block<A>(qt, hp, kf, n, dim, sp);
         softmax_block<A>(sp, n, hp, a.scale, m, l, alpha, round_p);
-        pv_block<A>(sp, n, hp, hq, kf, dim, o, alpha);
+        pv_block<A>(sp, n, hp, hg, kf, dim, o, alpha, !seen);
+        seen = true;
     }
 
     // denominator: l + e^(sink - m); a head that saw no valid index (m = -inf) outputs 0
@@ -308,7 +352,13 @@ template <class A>
 void sparse_attention_rows(const sparse_attention_args& a, std::size_t s0, std::size_t s1, std::size_t h0,
                            std::size_t h1, float* scratch) noexcept {
     float* ws = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(scratch) + 63) & ~std::uintptr_t(63));
-    for (std::size_t s = s0; s < s1; ++s) attn::attend_row<A>(a, s, h0, h1, ws);
+    for (std::size_t s = s0; s < s1; ++s) {
+        if (s + 1 < s1) {  // the next row's q (64 KiB at V4 shapes) arrives while this row computes
+            const char* q = reinterpret_cast<const char*>(a.q + (s + 1) * a.q_stride + h0 * a.dim);
+            for (std::size_t o = 0, e = (h1 - h0) * a.dim * sizeof(uint16_t); o < e; o += 64) simd::prefetch_l2(q + o);
+        }
+        attn::attend_row<A>(a, s, h0, h1, ws);
+    }
 }
 
 }  // namespace kernels

@@ -16,17 +16,18 @@ namespace norm {
 /// sum_i term(x_i) over n bf16 values, 16 interleaved partials + a fixed tree.
 template <class A, class F> DSV4_INLINE float sum16(const uint16_t* x, std::size_t n, F term) noexcept {
     alignas(64) float part[16] = {};
-    std::size_t i = 0;
+    std::size_t done = 0;  // elements summed by the vector loop (a multiple of 16)
     if constexpr (!simd::is_scalar<A>) {
         constexpr std::size_t W = simd::lanes<A>(), R = 16 / W;
         using V = simd::vf32<A>;
         V acc[R];
         for (auto& v : acc) v = V(0.0f);
-        for (; i + 16 <= n; i += 16)
+        done = n / 16 * 16;
+        for (std::size_t i = 0; i < done; i += 16)
             for (std::size_t k = 0; k < R; ++k) acc[k] = acc[k] + term(simd::load_bf16<A>(x + i + k * W));
         for (std::size_t k = 0; k < R; ++k) acc[k].store_aligned(part + k * W);
     }
-    for (; i < n; ++i) part[i % 16] = part[i % 16] + term(bf16_to_f32(x[i]));
+    for (std::size_t i = done; i < n; ++i) part[i % 16] = part[i % 16] + term(bf16_to_f32(x[i]));
     for (std::size_t w = 8; w >= 1; w /= 2)
         for (std::size_t k = 0; k < w; ++k) part[k] = part[k] + part[k + w];
     return part[0];
@@ -35,18 +36,19 @@ template <class A, class F> DSV4_INLINE float sum16(const uint16_t* x, std::size
 /// y = bf16(w * (x * r)) (or bf16(x * r) without w), r = 1 / sqrt(mean + eps) in f32.
 template <class A>
 DSV4_INLINE void scale_row(const uint16_t* x, const uint16_t* w, std::size_t n, float r, uint16_t* y) noexcept {
-    std::size_t i = 0;
+    std::size_t done = 0;
     if constexpr (!simd::is_scalar<A>) {
         constexpr std::size_t W = simd::lanes<A>();
         using V = simd::vf32<A>;
         const V rv(r);
-        for (; i + W <= n; i += W) {
+        done = n / W * W;
+        for (std::size_t i = 0; i < done; i += W) {
             V v = simd::load_bf16<A>(x + i) * rv;
             if (w) v = simd::load_bf16<A>(w + i) * v;
             simd::store_bf16<A>(y + i, v);
         }
     }
-    for (; i < n; ++i) {
+    for (std::size_t i = done; i < n; ++i) {
         float v = bf16_to_f32(x[i]) * r;
         if (w) v = bf16_to_f32(w[i]) * v;
         y[i] = f32_to_bf16(v);

@@ -7,7 +7,6 @@
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace kernels {
-
 /// Runs `iters` rounds of independent multiply-add chains and returns the flops done
 /// (2 per lane per multiply-add); the folded result goes to *out so nothing is elided.
 /// Enough chains to cover FMA latency x ports (4 cycles x 2 on current x86 cores):
@@ -19,11 +18,13 @@ template <class A> uint64_t fma_peak(uint64_t iters, float* out) noexcept {
     V acc[K];
     for (int k = 0; k < K; ++k) acc[k] = V(1.0f + 0.001f * float(k));
     const V b(0.99990f), c(1.0e-4f);
+    // straight-line rounds (simd::unroll) keep the chains in registers; a loop over the
+    // array lets the compiler interchange the loops and run the chains through memory
     for (uint64_t it = 0; it < iters; ++it)
-        for (int k = 0; k < K; ++k) {
+        simd::unroll<K>([&](auto k) DSV4_LAMBDA_INLINE {
             if constexpr (simd::is_scalar<A>) acc[k] = acc[k] * b + c;
             else acc[k] = simd::fmadd(acc[k], b, c);
-        }
+        });
     V sum(0.0f);
     for (int k = 0; k < K; ++k) sum = sum + acc[k];
     if constexpr (simd::is_scalar<A>) *out = sum;

@@ -17,10 +17,36 @@
 #include "vec.hpp"
 
 #include <cmath>
+#include <utility>
+
+/// Forces a lambda's body inline (for the small bodies that simd::unroll expands).
+#if defined(__GNUC__)
+#  define DSV4_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#  define DSV4_LAMBDA_INLINE
+#endif
 
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace simd {
+
+/// Hint: bring the cache line at p towards L2 (a no-op where the builtin is missing).
+DSV4_INLINE void prefetch_l2(const void* p) noexcept {
+#if defined(__GNUC__)
+    __builtin_prefetch(p, 0, 2);
+#else
+    (void)p;
+#endif
+}
+
+template <class F, int... I> DSV4_INLINE void unroll_seq(F& f, std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+}
+/// f(std::integral_constant<int, I>{}) for I = 0 .. N-1 as straight-line code. Register
+/// tiles index their accumulator arrays through it: with a loop instead, GCC 12 unrolls
+/// a 24-accumulator tile only after its scalar-replacement pass and leaves the tile in
+/// memory (a 2-3x slowdown). Pass lambdas marked DSV4_LAMBDA_INLINE.
+template <int N, class F> DSV4_INLINE void unroll(F&& f) { unroll_seq(f, std::make_integer_sequence<int, N>{}); }
 
 template <class A> struct freg_of { using type = vf32<A>; };
 template <> struct freg_of<arch::scalar> { using type = float; };
@@ -151,18 +177,55 @@ namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace simd {
 
-template <class A, class... T> requires is_scalar<A> void gather_u16_pairs(A, T...) = delete;
+template <class A, class... T> requires is_scalar<A> void transpose(A, T...) = delete;
 
 #if defined(__AVX2__)
-/// Lane l <- the 32-bit word at base + idx[l] (uint16 units): elements idx[l] and
-/// idx[l]+1, the first in the low half. Any alignment; reads exactly those 4 bytes.
-DSV4_INLINE vi32<arch::avx2> gather_u16_pairs(arch::avx2, const uint16_t* base, vi32<arch::avx2> idx) noexcept {
-    return _mm256_i32gather_epi32(reinterpret_cast<const int*>(base), idx, 2);
+/// In-register transpose of an 8 x 8 f32 tile: r[i][j] <- r[j][i].
+DSV4_INLINE void transpose(arch::avx2, vf32<arch::avx2> (&r)[8]) noexcept {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
 }
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-DSV4_INLINE vi32<arch::avx512> gather_u16_pairs(arch::avx512, const uint16_t* base, vi32<arch::avx512> idx) noexcept {
-    return _mm512_i32gather_epi32(idx, static_cast<const void*>(base), 2);
+/// In-register transpose of a 16 x 16 f32 tile: r[i][j] <- r[j][i].
+DSV4_INLINE void transpose(arch::avx512, vf32<arch::avx512> (&r)[16]) noexcept {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; ++i) {  // pairs of rows, interleaved by element
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {  // quads of rows, interleaved by element pair
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        u[4 * i + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    // u[4q + k] holds, in each 128-bit lane L, column 4L + k of rows 4q .. 4q+3
+    for (int k = 0; k < 4; ++k) {
+        const __m512 lo01 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x44);    // lanes 0,1 of rows 0-3 | 4-7
+        const __m512 hi01 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xEE);    // lanes 2,3
+        const __m512 lo23 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x44);
+        const __m512 hi23 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xEE);
+        r[k] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);       // column k:      lane 0 of each
+        r[4 + k] = _mm512_shuffle_f32x4(lo01, lo23, 0xDD);   // column 4 + k:  lane 1
+        r[8 + k] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);   // column 8 + k:  lane 2
+        r[12 + k] = _mm512_shuffle_f32x4(hi01, hi23, 0xDD);  // column 12 + k: lane 3
+    }
 }
 #endif
 
