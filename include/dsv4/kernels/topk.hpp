@@ -66,11 +66,21 @@ DSV4_INLINE void radix_select(Key key, const uint32_t* list, std::size_t count, 
     const uint32_t* cur = list;
     std::size_t n = count;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        uint32_t hist[256] = {};
-        if (cur)
-            for (std::size_t j = 0; j < n; ++j) ++hist[(key(cur[j]) >> shift) & 0xFFu];
-        else
-            for (std::size_t j = 0; j < n; ++j) ++hist[(key(uint32_t(j)) >> shift) & 0xFFu];
+        // four interleaved histograms: runs of equal digits (bf16 scores) would otherwise
+        // serialise on one counter's store-to-load forwarding
+        uint32_t h4[4][256] = {};
+        std::size_t j = 0;
+        if (cur) {
+            for (; j + 4 <= n; j += 4)
+                for (int l = 0; l < 4; ++l) ++h4[l][(key(cur[j + l]) >> shift) & 0xFFu];
+            for (; j < n; ++j) ++h4[0][(key(cur[j]) >> shift) & 0xFFu];
+        } else {
+            for (; j + 4 <= n; j += 4)
+                for (int l = 0; l < 4; ++l) ++h4[l][(key(uint32_t(j + l)) >> shift) & 0xFFu];
+            for (; j < n; ++j) ++h4[0][(key(uint32_t(j)) >> shift) & 0xFFu];
+        }
+        uint32_t hist[256];
+        for (int b = 0; b < 256; ++b) hist[b] = h4[0][b] + h4[1][b] + h4[2][b] + h4[3][b];
         int b = 255;
         for (; b > 0; --b) {
             if (above + hist[b] >= k) break;
@@ -130,6 +140,10 @@ void topk_row(const float* scores, std::size_t n, std::size_t k, topk_order orde
     uint32_t* tk = swork + topk_sample;            // [k] keys, [k] indices, twice (sort buffers)
     auto score_key = [scores](uint32_t i) { return key_of(scores[i]); };
 
+    if (k == n && order == topk_order::index) {  // everything, in index order
+        for (std::size_t i = 0; i < n; ++i) out[i] = int32_t(i);
+        return;
+    }
     const uint32_t* cand = nullptr;  // null: every index
     std::size_t count = n;
     if (n >= 4096 && n >= 8 * k) {
@@ -147,9 +161,9 @@ void topk_row(const float* scores, std::size_t n, std::size_t k, topk_order orde
             }
         }
     }
-    uint32_t theta;
-    std::size_t need;
-    radix_select(score_key, cand, count, k, work, theta, need);
+    uint32_t theta = 0;  // k == n: every key qualifies (0 is the lowest)
+    std::size_t need = n;
+    if (k < n) radix_select(score_key, cand, count, k, work, theta, need);
 
     // the selection, in ascending index order: key > theta, and the first `need` ties
     uint32_t* sel_key = tk;
