@@ -85,8 +85,10 @@ struct compressor_state {
     int64_t next_pos = 0;      ///< position of the next token (tokens seen since the reset)
 };
 
-/// Tokens projected per GEMV call in a prefill: their f32 rows (16 x dim) stay in L2.
-inline constexpr std::size_t compressor_proj_tokens = 16;
+/// Tokens projected per GEMV call in a prefill: their f32 rows (32 x dim, 512 KiB at dim
+/// 4096) stay in L2 while every weight row meets all of them (bf16_gemv at M = 32 runs ~20 %
+/// faster per token than at M = 16 on Zen 5).
+inline constexpr std::size_t compressor_proj_tokens = 32;
 
 inline namespace DSV4_ISA_NS {
 
