@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
+
 namespace bench {
 
 /// Tiers to benchmark: DSV4_ISA if set, else every tier this CPU runs.
@@ -42,12 +44,22 @@ inline std::vector<int> thread_counts() {
     return all == 1 ? std::vector<int>{1} : std::vector<int>{1, all};
 }
 
-/// Page-aligned buffer that is written once (so its pages are really backed).
+/// Whether benchmark buffers may use transparent huge pages (DSV4_BENCH_HUGEPAGES=1).
+/// Default: 4 KiB pages, as a memory-mapped checkpoint file is read in real decoding.
+inline bool use_huge_pages() {
+    const char* e = std::getenv("DSV4_BENCH_HUGEPAGES");
+    return e && *e == '1';
+}
+
+/// 2 MiB-aligned buffer, written once so its pages are really backed.
 struct buffer {
     std::unique_ptr<unsigned char, void (*)(void*)> p{nullptr, std::free};
     std::size_t size = 0;
     explicit buffer(std::size_t n, unsigned char fill = 0x5A) : size(n) {
-        p.reset(static_cast<unsigned char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096)));
+        const std::size_t align = std::size_t(2) << 20, bytes = (n + align - 1) / align * align;
+        p.reset(static_cast<unsigned char*>(std::aligned_alloc(align, bytes)));
+        if (!p) throw std::bad_alloc();
+        madvise(p.get(), bytes, use_huge_pages() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
         std::memset(p.get(), fill, n);
     }
     unsigned char* data() const { return p.get(); }
