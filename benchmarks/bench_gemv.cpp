@@ -136,7 +136,8 @@ const bool registered = [] {
         for (int t : bench::thread_counts()) {
             for (std::size_t m : ms) {
                 // FP4 routed experts: w1/w3 2048x4096, w2 4096x2048
-                for (auto [n, k] : {std::pair<std::size_t, std::size_t>{2048, 4096}, {4096, 2048}}) {
+                for (const auto& nk : {std::pair<std::size_t, std::size_t>{2048, 4096}, {4096, 2048}}) {
+                    const std::size_t n = nk.first, k = nk.second;
                     for (bool fast : {true, false}) {
                         reg(std::string(fast ? "fp4_gemv/" : "fp4_gemv_ref/") + ts + "/" + shape_name(n, k, m, t),
                             [=](benchmark::State& st) {
@@ -180,8 +181,9 @@ const bool registered = [] {
                         });
                 }
                 // FP8: wq_a, wq_b, wkv, wo_b, shared expert w1/w3 and w2
-                for (auto [n, k] : {std::pair<std::size_t, std::size_t>{1024, 4096}, {32768, 1024}, {512, 4096},
+                for (const auto& nk : {std::pair<std::size_t, std::size_t>{1024, 4096}, {32768, 1024}, {512, 4096},
                                     {4096, 8192}, {2048, 4096}, {4096, 2048}}) {
+                    const std::size_t n = nk.first, k = nk.second;
                     reg("fp8_gemv/" + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
                         const auto& K = *dsv4::kernels_for(tier);
                         auto& ws = weights(fmt::fp8, n, k);
@@ -209,7 +211,8 @@ const bool registered = [] {
                             });
                     });
                 // BF16: gate 256x4096, head 129280x4096
-                for (auto [n, k] : {std::pair<std::size_t, std::size_t>{256, 4096}, {129280, 4096}}) {
+                for (const auto& nk : {std::pair<std::size_t, std::size_t>{256, 4096}, {129280, 4096}}) {
+                    const std::size_t n = nk.first, k = nk.second;
                     reg("bf16_gemv/" + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
                         const auto& K = *dsv4::kernels_for(tier);
                         auto& ws = weights(fmt::bf16, n, k);

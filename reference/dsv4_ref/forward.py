@@ -34,21 +34,36 @@ Precision (what is rounded where; "bf16" = RNE to bfloat16, values carried in fl
 Revisions (spec §10.1): ``revision="current"`` (default) or ``"initial"`` sets both switches;
 ``kv_fp8_sim`` ("current" | "initial") and ``shared_clamp`` (bool) override them individually.
 
-Per-sequence state (spec §5.5), kept per layer in ``Model.layers[l].state``:
+Per-sequence state (spec §5.5), kept per layer in ``Model.layers[l]`` (a ``LayerState``):
 window ring [window, head_dim] (slot of position p = p mod window); compressed entries (ratio
 4/128) [n, head_dim]; main compressor state; for ratio-4 layers the indexer key cache and the
 indexer compressor state. ``prefill`` resets everything (a prefill starts a sequence);
 ``decode`` continues the current sequence; ``reset()`` clears explicitly.
 
-Prefill vs decode (different code paths): the only difference that can change bits is the
-column layout of the sparse-attention index list, which decides how the valid indices fall into
-the kernel's 64-wide online-softmax blocks. Prefill follows REF: ``[window (min(S,128) cols) |
-compressed]``; decode uses ``[128 ring slots | compressed]``. For S >= 128 (or layers without
-compressed entries) the two layouts coincide and prefill(N)+decode(k) reproduces prefill(N+k)
-bit for bit; for shorter contexts in ratio-4 layers the compressed entries start at column S
-instead of 128, so blocks (and f32 rescaling) differ and bf16 outputs may differ by 1 ulp.
-``prefill(..., pad_window=True)`` pads the window part to 128 columns, which makes the two paths
-identical everywhere (used by the tests to prove the state machine exact).
+Prefill vs decode (different code paths, spec §4 steps 4-7): the only difference that can change
+bits is the column layout of the sparse-attention index list, which decides how the valid indices
+fall into the kernel's 64-wide online-softmax blocks. Default (``pad_window=True``, the golden
+contract of the ``attention`` family): the prefill window part is right-padded with -1 to
+``window`` columns, so the compressed part starts at column 128 in prefill exactly as in decode;
+then prefill(N) + decode(k) reproduces prefill(N+k) bit for bit (tested). ``pad_window=False`` is
+REF's literal layout (window part min(S,128) columns): identical for S >= 128, but for S < 128 in
+ratio-4 layers the compressed columns start at column S, the block partition (hence the f32
+rescaling and the bf16 rounding of the unnormalised weights) differs, and outputs move by bf16
+ulps — which FP8 activation quantisation and top-k selections then amplify (see below).
+
+Diagnostics: ``Model(..., diagnostics=True)`` fills ``m.diag`` after every prefill/decode with
+the last position's residual after each block (``layer_out`` [L, 4, dim]), the final-norm output
+(``final_norm`` [dim]), the MoE selection (``moe_idx``/``moe_w`` [L, k], ascending expert id) and
+the indexer selection of ratio-4 layers (``index_idx`` [L, index_topk], entry numbers ascending,
+-1 padded; rows of other layers stay -1).
+
+Sensitivity (measured on the toy checkpoint): a bf16-ulp change of one activation is usually
+absorbed, but when it flips an e4m3 rounding of an FP8 GEMM input (a 2^-4 relative step), an
+indexer top-k choice (bf16 scores, index_topk 8 of up to 75 entries) or a MoE routing choice, the
+logits move by O(0.01-1). Replacing the exact (order-independent) sums by plain f32 BLAS sums and
+f32 exp in hc_pre mixes and sparse_attn — what a C++ port does — leaves 1- and 7-token prompts
+bit-identical but moves 130/300-token logits by ~5 % relative RMS, with occasional steps at ~45 %
+after a top-k flip.
 """
 import math
 import pathlib
@@ -167,11 +182,12 @@ class Model:
     """
 
     def __init__(self, path, revision="current", kv_fp8_sim=None, shared_clamp=None,
-                 cache_bytes=4 << 30):
+                 cache_bytes=4 << 30, diagnostics=False):
         if revision not in REVISIONS:
             raise ValueError(f"revision must be one of {REVISIONS}")
         self.path = pathlib.Path(path)
         self.cfg = load_config(self.path)
+        self.keep_diag = bool(diagnostics)
         self.w = _Weights(SafeTensors(self.path), cache_bytes)
         self.kv_fp8_sim = revision if kv_fp8_sim is None else kv_fp8_sim
         if self.kv_fp8_sim not in REVISIONS:
@@ -196,7 +212,7 @@ class Model:
             r = c["compress_ratios"][l]
             self.layers.append(LayerState(r, c["head_dim"], c["window_size"], c["index_head_dim"]))
         self.pos = 0
-        self.trace = None          # optional: list that receives diagnostics (see prefill)
+        self.diag = None           # per-call diagnostics of the last position (see forward)
 
     # -------------------------------------------------------------------------------------------
     def reset(self):
@@ -211,6 +227,12 @@ class Model:
     # -------------------------------------------------------------------------------------------
     # attention (spec §4)
     # -------------------------------------------------------------------------------------------
+    def _note_index(self, l, row, offset):
+        """Diagnostics: the indexer's selection for the last query, as sorted entry numbers."""
+        if self.diag is not None:
+            sel = np.sort(row[row >= 0].astype(np.int64) - offset)
+            self.diag["index_idx"][l, :sel.size] = sel
+
     def _fp8_linear(self, x, base):
         return MO.quant_linear(x, self.w.fp8(base))
 
@@ -263,6 +285,7 @@ class Model:
                 res = IX.indexer_prefill(st.index, x, qr, self._indexer_params(P), offset=S,
                                          topk=c["index_topk"])
                 parts.append(res["idx"])
+                self._note_index(l, res["idx"][-1], S)
             elif r:
                 parts.append(AT.compressed_indices_prefill(S, r, S))
             st.ring = AT.window_cache_write_prefill(st.ring, kv, win)
@@ -280,6 +303,7 @@ class Model:
                 res = IX.indexer_decode(st.index, x[0], qr[0], p, self._indexer_params(P),
                                         offset=win, topk=c["index_topk"])
                 parts.append(res["idx"])
+                self._note_index(l, res["idx"][-1], win)
             elif r:
                 parts.append(AT.compressed_indices_decode(p, r, win)[None, :])
             st.ring[p % win] = kv[0]                      # window slot
@@ -320,6 +344,9 @@ class Model:
         else:
             idx, wts = MO.route(scores, w.f32(P + "gate.bias"), None, None,
                                 c["n_activated_experts"], c["route_scale"])
+        if self.diag is not None:
+            self.diag["moe_idx"][l] = idx[-1]
+            self.diag["moe_w"][l] = wts[-1]
         y = np.zeros(x.shape, dtype=F32)
         for e in np.unique(idx):                           # ascending expert id
             rows, k = np.nonzero(idx == e)
@@ -371,8 +398,8 @@ class Model:
         step = max(1, (1 << 26) // max(1, Wh.shape[1] * 8))    # row chunks of <= 64 MiB float64
         for r0 in range(0, V, step):
             out[r0:r0 + step] = (_bf16_vals(Wh[r0:r0 + step]).astype(F64) @ z).astype(F32)
-        if self.trace is not None:
-            self.trace.append(("final_norm", z.astype(F32)))
+        if self.diag is not None:
+            self.diag["final_norm"] = z.astype(F32)
         return out
 
     def forward(self, ids, start_pos, pad_window=True):
@@ -382,12 +409,18 @@ class Model:
             raise ValueError(f"token ids must be non-empty and in [0, {V})")
         if start_pos + ids.size > self.cfg["max_seq_len"]:
             raise ValueError("sequence longer than max_position_embeddings")
+        c = self.cfg
+        self.diag = None if not self.keep_diag else dict(
+            layer_out=np.zeros((c["n_layers"], c["hc_mult"], c["dim"]), F32),
+            moe_idx=np.zeros((c["n_layers"], c["n_activated_experts"]), np.int32),
+            moe_w=np.zeros((c["n_layers"], c["n_activated_experts"]), F32),
+            index_idx=np.full((c["n_layers"], c["index_topk"]), -1, np.int32))
         x = self.embed(ids)
         H = np.repeat(x[:, None, :], self.cfg["hc_mult"], axis=1)
         for l in range(self.cfg["n_layers"]):
             H = self.block(l, H, ids, start_pos, pad_window)
-            if self.trace is not None:
-                self.trace.append((f"layer{l}", H[-1].copy()))
+            if self.diag is not None:
+                self.diag["layer_out"][l] = H[-1]
         self.pos = start_pos + ids.size
         return self.head(H[-1])
 
