@@ -51,6 +51,30 @@ ratio-4 layers the compressed columns start at column S, the block partition (he
 rescaling and the bf16 rounding of the unnormalised weights) differs, and outputs move by bf16
 ulps — which FP8 activation quantisation and top-k selections then amplify (see below).
 
+Composition choices where the spec leaves room (see also the kernel modules' own lists):
+1. Prefill index-list layout: window part padded to 128 columns (above); offsets of compressed
+   entries = S (prefill, rows after the S local KV rows) and 128 (decode, cache slot 128 + i).
+2. Prefill indexer: q/weights of all S tokens against the S//4 entries emitted by the indexer's own
+   prefill compressor; causal mask u >= (t+1)//4 -> -inf; k = min(index_topk, S//4); masked picks
+   -> -1 (they may appear in rows with fewer than k visible entries). Runs before the main
+   compressor (which does not influence it anyway). Decode: compressor step first, so an entry
+   completed at this position is scored and attended at once.
+3. Positions: token t of a call sits at start_pos + t for q, window KV, indexer q and the inverse
+   RoPE; compressed entry i at i*r (the compressor module). Ratio-4/128 layers use
+   compress_rope_theta + YaRN for all of these (YaRN whenever original_seq_len > 0, even when
+   max_position_embeddings < original_seq_len, as in the toy config); ratio-0 layers rope_theta.
+4. bf16 rounding points between kernels: embedding rows; hc_pre output; every RMSNorm output; every
+   quantised-linear output; q after the head norm and after RoPE; kv after RoPE and after the FP8
+   simulation; sparse_attn output; de-rotated output; each wo_a group output; wo_b output; the
+   MoE combine; hc_post output (the residual). f32 (not rounded): hc mixes/pre/post/comb, gate
+   scores and routing weights, SwiGLU intermediate until its bf16 cast, compressor K/Z/states,
+   logits.
+5. hc_head / final norm / head are evaluated for the last position only (they are per token).
+6. Shared experts: ``n_shared_experts`` > 1 is one expert of width n_shared * moe_inter_dim
+   (checkpoint layout); hash layers are the first ``n_hash_layers`` layers and route by the id of
+   the token at that position.
+7. Decode requires a prefix (start_pos > 0); chunked prefill (start_pos > 0, S > 1) is rejected.
+
 Diagnostics: ``Model(..., diagnostics=True)`` fills ``m.diag`` after every prefill/decode with
 the last position's residual after each block (``layer_out`` [L, 4, dim]), the final-norm output
 (``final_norm`` [dim]), the MoE selection (``moe_idx``/``moe_w`` [L, k], ascending expert id) and
@@ -178,7 +202,8 @@ class Model:
     Parameters: ``path`` checkpoint directory (config.json + safetensors); ``revision`` "current"
     (default) / "initial"; ``kv_fp8_sim`` / ``shared_clamp`` override the revision's switches;
     ``cache_bytes`` bounds the cache of dequantised float64 weights (default 4 GiB; everything
-    fits for the toy checkpoint).
+    fits for the toy checkpoint; larger models dequantise the rest on use); ``diagnostics``
+    fills ``self.diag`` after every call (module doc).
     """
 
     def __init__(self, path, revision="current", kv_fp8_sim=None, shared_clamp=None,
