@@ -18,6 +18,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <time.h>
 #include <vector>
 
 #include <sys/mman.h>
@@ -128,6 +129,90 @@ inline double stream_read_bps(std::size_t bytes, int threads) {
         bufs.emplace_back(owned.back().data(), bytes);
     }
     return cache[{bytes, threads}] = stream_read_bps(bufs, threads, 5);
+}
+
+/// CPU seconds consumed by this process (all threads) / by the calling thread.
+inline double process_cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+inline double thread_cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+/// Iterations of tier t's fma_peak kernel that take about 2 ms.
+inline uint64_t fma_peak_iters(const dsv4::kernel_table& k) {
+    float sink = 0;
+    uint64_t iters = 1 << 12;
+    for (;;) {
+        const auto t0 = std::chrono::steady_clock::now();
+        k.fma_peak(iters, &sink);
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(2) || iters > (uint64_t(1) << 40)) break;
+        iters *= 2;
+    }
+    benchmark::DoNotOptimize(sink);
+    return iters;
+}
+
+/// FMA throughput (flop/s, wall clock) of tier t's fma_peak kernel on `threads` threads:
+/// the ceiling for flops_frac. Dynamic chunks (24 per thread) of ~2 ms; the best of 7
+/// runs of ~50 ms each (other processes on the machine can only lower a ceiling).
+inline double fma_peak_flops(dsv4::tier t, int threads) {
+    static std::mutex mu;
+    static std::map<std::pair<int, int>, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find({int(t), threads}); it != cache.end()) return it->second;
+    const auto& k = *dsv4::kernels_for(t);
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    const uint64_t iters = fma_peak_iters(k);
+    const std::size_t chunks = std::size_t(24 * threads);
+    double best = 0;
+    for (int rep = 0; rep < 7; ++rep) {
+        std::atomic<uint64_t> flops{0};
+        const auto t0 = std::chrono::steady_clock::now();
+        parallel_rows(threads, chunks, 1, [&](std::size_t c0, std::size_t c1) {
+            float out = 0;
+            uint64_t f = 0;
+            for (std::size_t c = c0; c < c1; ++c) f += k.fma_peak(iters, &out);
+            flops += f;
+            benchmark::DoNotOptimize(out);
+        });
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, double(flops.load()) / s);
+    }
+    return cache[{int(t), threads}] = best;
+}
+
+/// The same kernel's throughput per second of CPU time of one thread (thread CPU clock):
+/// one core's ceiling, immune to the time other processes take. The ceiling for cpu_frac.
+inline double fma_peak_cpu_flops(dsv4::tier t) {
+    static std::mutex mu;
+    static std::map<int, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find(int(t)); it != cache.end()) return it->second;
+    const auto& k = *dsv4::kernels_for(t);
+    const uint64_t iters = fma_peak_iters(k);
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+        float out = 0;
+        uint64_t f = 0;
+        const double t0 = thread_cpu_seconds();
+        for (int c = 0; c < 24; ++c) f += k.fma_peak(iters, &out);
+        benchmark::DoNotOptimize(out);
+        best = std::max(best, double(f) / (thread_cpu_seconds() - t0));
+    }
+    return cache[int(t)] = best;
+}
+
+/// Sets GFLOP/s and flops_frac (achieved flop/s over the tier's FMA ceiling).
+inline void set_flops_counters(benchmark::State& st, double flops_per_iter, double peak_flops) {
+    const double it = double(st.iterations());
+    st.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * it * 1e-9, benchmark::Counter::kIsRate);
+    st.counters["flops_frac"] = benchmark::Counter(flops_per_iter * it / peak_flops, benchmark::Counter::kIsRate);
+    st.counters["peak_GFLOP/s"] = peak_flops * 1e-9;
 }
 
 /// Sets bytes/s, GFLOP/s and bw_frac (achieved bytes/s over the streaming ceiling).

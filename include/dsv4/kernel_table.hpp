@@ -10,6 +10,7 @@
 namespace dsv4 {
 
 enum class fp8_sim_revision : int;
+struct sparse_attention_args;
 
 struct kernel_table {
     /// The tier this table's code was compiled for, as seen by the preprocessor inside
@@ -45,6 +46,14 @@ struct kernel_table {
                              const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp4_gate_up_q8_rows)(const fp4_matrix&, const fp4_matrix&, const q8_rows&, const swiglu_epilogue&,
                                 const gemv_out&, std::size_t, std::size_t) noexcept;
+    // norms (kernels/norm.hpp), RoPE (kernels/rope.hpp), attention (kernels/attention.hpp)
+    void (*rmsnorm_row)(const uint16_t*, const uint16_t*, std::size_t, float, uint16_t*) noexcept;
+    void (*q_head_norm_rows)(const uint16_t*, std::size_t, std::size_t, float, uint16_t*) noexcept;
+    void (*rope_rows)(uint16_t*, std::size_t, std::size_t, const float*, bool) noexcept;
+    void (*sparse_attention_rows)(const sparse_attention_args&, std::size_t, std::size_t, std::size_t, std::size_t,
+                                  float*) noexcept;
+    // compute ceiling (kernels/peak.hpp)
+    uint64_t (*fma_peak)(uint64_t, float*) noexcept;
 };
 
 namespace detail {
