@@ -6,8 +6,10 @@
 //                          entry (64, 512, 8192 of them)
 //   prefill/r128_S{1K,4K}  ratio-128 prefill: kv = [S local rows ; S/128 compressed rows]
 // Counters: GFLOP/s (4*H*D per valid index per query row: QK and PV), flops_frac (over
-// this binary's measured FMA peak of the same tier and thread count, peak/fma/...), and
-// KV_GB/s (bytes of KV rows gathered). Decode rotates through copies of the cache so it
+// this binary's measured FMA peak of the same tier and thread count, peak/fma/...),
+// KV_GB/s (bytes of KV rows gathered), and cpu_frac: flops per CPU-second the process
+// received over one core's FMA peak per CPU-second (on a shared machine wall-clock rows
+// also measure the neighbours; cpu_frac does not, and idle TBB spinning counts against it). Decode rotates through copies of the cache so it
 // is read cold, as it is when 43 layers take turns. Every output is checked against the
 // avx2 tier (bit-identical by construction) before timing; the scalar tier runs only the
 // cheaper decode shapes (it is the portable reference, ~1000x slower).
@@ -128,13 +130,18 @@ void bm_attention(benchmark::State& st, dsv4::tier t, attn_case c, int threads, 
         }
     }
 
+    const double cpu_peak = bench::fma_peak_cpu_flops(t);
     std::size_t i = 0;
+    const double cpu0 = bench::process_cpu_seconds();
     for (auto _ : st) {
         a.kv = reinterpret_cast<const uint16_t*>(kvs[i++ % copies].data());
         dsv4::sparse_attention_parallel(a, ws.data(), ws.size(), k.sparse_attention_rows);
         benchmark::DoNotOptimize(out.data());
     }
+    const double cpu = bench::process_cpu_seconds() - cpu0;
     bench::set_flops_counters(st, c.flops, peak);
+    // per core-second this process received: what the kernel achieves while it runs
+    st.counters["cpu_frac"] = c.flops * double(st.iterations()) / (cpu * cpu_peak);
     st.counters["KV_GB/s"] = benchmark::Counter(c.kv_bytes * double(st.iterations()) * 1e-9, benchmark::Counter::kIsRate);
 }
 

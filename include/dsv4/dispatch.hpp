@@ -37,11 +37,6 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.fp4_act_quant_row = &kernels::fp4_act_quant_row<Arch>;
     t.fp4_act_quant_sim_row = &kernels::fp4_act_quant_sim_row<Arch>;
     t.stream_read = &kernels::stream_read<Arch>;
-    t.rmsnorm_row = &kernels::rmsnorm_row<Arch>;
-    t.q_head_norm_rows = &kernels::q_head_norm_rows<Arch>;
-    t.rope_rows = &kernels::rope_rows<Arch>;
-    t.sparse_attention_rows = &kernels::sparse_attention_rows<Arch>;
-    t.fma_peak = &kernels::fma_peak<Arch>;
     t.fp8_acts_to_f32 = &kernels::fp8_acts_to_f32<Arch>;
     t.quantize_q8_row = &kernels::quantize_q8_row<Arch>;
     t.f32_gemv_rows = &kernels::f32_gemv_rows<Arch>;
@@ -52,6 +47,11 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.fp4_gemv_q8_rows = &kernels::fp4_gemv_q8_rows<Arch>;
     t.fp4_gate_up_rows = &kernels::fp4_gate_up_rows<Arch>;
     t.fp4_gate_up_q8_rows = &kernels::fp4_gate_up_q8_rows<Arch>;
+    t.rmsnorm_row = &kernels::rmsnorm_row<Arch>;
+    t.q_head_norm_rows = &kernels::q_head_norm_rows<Arch>;
+    t.rope_rows = &kernels::rope_rows<Arch>;
+    t.sparse_attention_rows = &kernels::sparse_attention_rows<Arch>;
+    t.fma_peak = &kernels::fma_peak<Arch>;
     t.hadamard_row = &kernels::hadamard_row<Arch>;
     t.compressor_pool_row = &kernels::compressor_pool_row<Arch>;
     t.indexer_scores_rows = &kernels::indexer_scores_rows<Arch>;

@@ -258,6 +258,16 @@ template <std::size_t MT> DSV4_INLINE void tile_ptrs(const f32_rows& x, std::siz
     for (std::size_t j = 0; j < MT; ++j) p[j] = x.x + (m0 + j) * x.stride;
 }
 
+template <std::size_t MT>
+DSV4_INLINE void q8_tile_ptrs(const q8_rows& x, std::size_t m0, const int8_t** q, const float** d,
+                              const int32_t** c) noexcept {
+    for (std::size_t j = 0; j < MT; ++j) {
+        q[j] = x.q + (m0 + j) * x.q_stride;
+        d[j] = x.scales + (m0 + j) * x.scales_stride;
+        c[j] = x.corr + (m0 + j) * x.corr_stride;
+    }
+}
+
 DSV4_INLINE float silu(float v) noexcept { return v / (1.0f + std::exp(-v)); }
 
 /// SwiGLU epilogue on the bf16-rounded projections (spec §8.2 clamp order).
@@ -392,15 +402,39 @@ void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out
             const int8_t* q[MT];
             const float* d[MT];
             const int32_t* c[MT];
-            for (std::size_t j = 0; j < MT; ++j) {
-                q[j] = x.q + (m0 + j) * x.q_stride;
-                d[j] = x.scales + (m0 + j) * x.scales_stride;
-                c[j] = x.corr + (m0 + j) * x.corr_stride;
-            }
+            gemv_detail::q8_tile_ptrs<MT>(x, m0, q, d, c);
             gemv_detail::dot_fp4_q8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, q, d, c, y);
         },
         [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
 }
+
+namespace gemv_detail {
+/// Shared driver of the fused gate+up kernels: for each row n and M tile, dot(MT, n, m0,
+/// matrix, y) fills y[0..MT) for w1 then w3, and the SwiGLU epilogue writes h[m, n].
+template <class Dot>
+DSV4_INLINE void gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, std::size_t m, const swiglu_epilogue& e,
+                              const gemv_out& out, std::size_t r0, std::size_t r1, Dot&& dot) {
+    for (std::size_t n = r0; n < r1; ++n) {
+        for (std::size_t m0 = 0; m0 < m; m0 += gemv_m_tile) {
+            float y1[gemv_m_tile], y3[gemv_m_tile];
+            const std::size_t mt = std::min(gemv_m_tile, m - m0);
+            auto both = [&]<std::size_t MT>() {
+                dot.template operator()<MT>(n, m0, w1, y1);
+                dot.template operator()<MT>(n, m0, w3, y3);
+            };
+            switch (mt) {
+                case 4: both.template operator()<4>(); break;
+                case 3: both.template operator()<3>(); break;
+                case 2: both.template operator()<2>(); break;
+                default: both.template operator()<1>(); break;
+            }
+            for (std::size_t j = 0; j < mt; ++j)
+                store_out(out, m0 + j, n,
+                          swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f, e.limit));
+        }
+    }
+}
+}  // namespace gemv_detail
 
 /// Fused routed-expert gate+up (spec §8.2), reference mode: for rows [r0, r1) of w1/w3
 /// (same shape), h[m, n] = swiglu(bf16(w1 x), bf16(w3 x)). One pass: the activation tile
@@ -408,62 +442,28 @@ void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out
 template <class Arch>
 void fp4_gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
                       const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
-    for (std::size_t n = r0; n < r1; ++n) {
-        for (std::size_t m0 = 0; m0 < x.m; m0 += gemv_m_tile) {
-            float y1[gemv_m_tile], y3[gemv_m_tile];
-            const std::size_t mt = std::min(gemv_m_tile, x.m - m0);
-            auto run = [&]<std::size_t MT>() {
-                const float* p[MT];
-                gemv_detail::tile_ptrs<MT>(x, m0, p);
-                gemv_detail::dot_fp4_row<Arch, MT>(w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride, w1.k, p, y1);
-                gemv_detail::dot_fp4_row<Arch, MT>(w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride, w3.k, p, y3);
-            };
-            switch (mt) {
-                case 4: run.template operator()<4>(); break;
-                case 3: run.template operator()<3>(); break;
-                case 2: run.template operator()<2>(); break;
-                default: run.template operator()<1>(); break;
-            }
-            for (std::size_t j = 0; j < mt; ++j)
-                gemv_detail::store_out(out, m0 + j, n,
-                                       gemv_detail::swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f,
-                                                           e.limit));
-        }
-    }
+    gemv_detail::gate_up_rows(w1, w3, x.m, e, out, r0, r1,
+                              [&]<std::size_t MT>(std::size_t n, std::size_t m0, const fp4_matrix& w, float* y) {
+                                  const float* p[MT];
+                                  gemv_detail::tile_ptrs<MT>(x, m0, p);
+                                  gemv_detail::dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride,
+                                                                     w.k, p, y);
+                              });
 }
 
 /// Fused gate+up, fast mode (int8 activations).
 template <class Arch>
 void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_rows& x, const swiglu_epilogue& e,
                          const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
-    for (std::size_t n = r0; n < r1; ++n) {
-        for (std::size_t m0 = 0; m0 < x.m; m0 += gemv_m_tile) {
-            float y1[gemv_m_tile], y3[gemv_m_tile];
-            const std::size_t mt = std::min(gemv_m_tile, x.m - m0);
-            auto run = [&]<std::size_t MT>() {
-                const int8_t* q[MT];
-                const float* d[MT];
-                const int32_t* c[MT];
-                for (std::size_t j = 0; j < MT; ++j) {
-                    q[j] = x.q + (m0 + j) * x.q_stride;
-                    d[j] = x.scales + (m0 + j) * x.scales_stride;
-                    c[j] = x.corr + (m0 + j) * x.corr_stride;
-                }
-                gemv_detail::dot_fp4_q8_row<Arch, MT>(w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride, w1.k, q, d, c, y1);
-                gemv_detail::dot_fp4_q8_row<Arch, MT>(w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride, w3.k, q, d, c, y3);
-            };
-            switch (mt) {
-                case 4: run.template operator()<4>(); break;
-                case 3: run.template operator()<3>(); break;
-                case 2: run.template operator()<2>(); break;
-                default: run.template operator()<1>(); break;
-            }
-            for (std::size_t j = 0; j < mt; ++j)
-                gemv_detail::store_out(out, m0 + j, n,
-                                       gemv_detail::swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f,
-                                                           e.limit));
-        }
-    }
+    gemv_detail::gate_up_rows(w1, w3, x.m, e, out, r0, r1,
+                              [&]<std::size_t MT>(std::size_t n, std::size_t m0, const fp4_matrix& w, float* y) {
+                                  const int8_t* q[MT];
+                                  const float* d[MT];
+                                  const int32_t* c[MT];
+                                  gemv_detail::q8_tile_ptrs<MT>(x, m0, q, d, c);
+                                  gemv_detail::dot_fp4_q8_row<Arch, MT>(w.w + n * w.w_stride,
+                                                                        w.scale + n * w.scale_stride, w.k, q, d, c, y);
+                              });
 }
 
 }  // namespace kernels

@@ -35,14 +35,6 @@ struct kernel_table {
     // memory (memory.hpp)
     uint64_t (*stream_read)(const void*, std::size_t) noexcept;
 
-    // norms (kernels/norm.hpp), RoPE (kernels/rope.hpp), attention (kernels/attention.hpp)
-    void (*rmsnorm_row)(const uint16_t*, const uint16_t*, std::size_t, float, uint16_t*) noexcept;
-    void (*q_head_norm_rows)(const uint16_t*, std::size_t, std::size_t, float, uint16_t*) noexcept;
-    void (*rope_rows)(uint16_t*, std::size_t, std::size_t, const float*, bool) noexcept;
-    void (*sparse_attention_rows)(const sparse_attention_args&, std::size_t, std::size_t, std::size_t, std::size_t,
-                                  float*) noexcept;
-    // compute ceiling (kernels/peak.hpp)
-    uint64_t (*fma_peak)(uint64_t, float*) noexcept;
     // gemv (gemv_kernels.hpp): row-range kernels, rows [r0, r1)
     void (*fp8_acts_to_f32)(const uint8_t*, const uint8_t*, std::size_t, float*) noexcept;
     void (*quantize_q8_row)(const uint16_t*, std::size_t, int8_t*, float*, int32_t*) noexcept;
@@ -57,6 +49,14 @@ struct kernel_table {
                              const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp4_gate_up_q8_rows)(const fp4_matrix&, const fp4_matrix&, const q8_rows&, const swiglu_epilogue&,
                                 const gemv_out&, std::size_t, std::size_t) noexcept;
+    // norms (kernels/norm.hpp), RoPE (kernels/rope.hpp), attention (kernels/attention.hpp)
+    void (*rmsnorm_row)(const uint16_t*, const uint16_t*, std::size_t, float, uint16_t*) noexcept;
+    void (*q_head_norm_rows)(const uint16_t*, std::size_t, std::size_t, float, uint16_t*) noexcept;
+    void (*rope_rows)(uint16_t*, std::size_t, std::size_t, const float*, bool) noexcept;
+    void (*sparse_attention_rows)(const sparse_attention_args&, std::size_t, std::size_t, std::size_t, std::size_t,
+                                  float*) noexcept;
+    // compute ceiling (kernels/peak.hpp)
+    uint64_t (*fma_peak)(uint64_t, float*) noexcept;
     // Hadamard (kernels/hadamard.hpp), compressor pooling (kernels/compressor.hpp), indexer
     // scores (kernels/indexer.hpp), top-k (kernels/topk.hpp)
     void (*hadamard_row)(uint16_t*, std::size_t) noexcept;

@@ -164,8 +164,10 @@ template <class A> DSV4_INLINE std::size_t qk_rows_of(std::size_t nv) noexcept {
 
 /// S[j][h] = sum_d Kf[j][d] * Qt[d][h] for j < n (f32, sequential in d). Zeroes the Kf rows
 /// that pad n up to the tile heights used, so padding rows compute harmless zeros.
-template <class A>
-DSV4_INLINE void qk_block(const float* qt, std::size_t hp, float* kf, std::size_t n, std::size_t dim, float* s) noexcept {
+/// tick() runs after each d-chunk (the caller spreads its prefetches over the block).
+template <class A, class Tick>
+DSV4_INLINE void qk_block(const float* qt, std::size_t hp, float* kf, std::size_t n, std::size_t dim, float* s,
+                          Tick&& tick) noexcept {
     constexpr std::size_t w = W<A>;
     const std::size_t nvec = hp / w;
     std::size_t npad = n;
@@ -188,6 +190,7 @@ DSV4_INLINE void qk_block(const float* qt, std::size_t hp, float* kf, std::size_
                     break;
             }
         }
+        tick();
     }
 }
 
@@ -257,16 +260,17 @@ DSV4_INLINE void pv_rest(std::size_t r, const float* p, std::size_t n, std::size
     }
 }
 
-/// O[h] = O[h]*alpha[h] + sum_j P[j][h] Kf[j] for h < hg.
-template <class A>
+/// O[h] = O[h]*alpha[h] + sum_j P[j][h] Kf[j] for h < hg; tick() after each d-chunk.
+template <class A, class Tick>
 DSV4_INLINE void pv_block(const float* p, std::size_t n, std::size_t hp, std::size_t hg, const float* kf, std::size_t dim,
-                          float* o, const float* alpha, bool first) noexcept {
+                          float* o, const float* alpha, bool first, Tick&& tick) noexcept {
     constexpr int NH = pv_heads<A>, ND = pv_dvec<A>;
     constexpr std::size_t chunk = std::size_t(ND) * W<A>;
     for (std::size_t d0 = 0; d0 < dim; d0 += chunk) {
         std::size_t h = 0;
         for (; h + NH <= hg; h += NH) pv_tile<A, NH, ND>(p, n, hp, kf, dim, o, alpha, h, d0, first);
         if (h < hg) pv_rest<A, NH, ND>(hg - h, p, n, hp, kf, dim, o, alpha, h, d0, first);
+        tick();
     }
 }
 
@@ -287,9 +291,6 @@ void attend_row(const sparse_attention_args& a, std::size_t s, std::size_t h0, s
     float* aux = ws + lay.aux;
     int32_t* list = reinterpret_cast<int32_t*>(ws + lay.list);
 
-    load_q_transposed<A>(a.q + s * a.q_stride + h0 * dim, hg, dim, hp, qt);
-    std::fill(m, m + hp, -std::numeric_limits<float>::infinity());
-    std::fill(l, l + hp, 0.0f);
 
     const int32_t* ir = a.idx + s * a.idx_stride;
     const bool round_p = a.precision == attention_precision::official;
@@ -301,18 +302,33 @@ void attend_row(const sparse_attention_args& a, std::size_t s, std::size_t h0, s
             if (ir[c] >= 0) out[n++] = ir[c];
         return n;
     };
-    // While one block computes (~100k cycles), the next block's KV rows are prefetched:
-    // a decode step reads its rows cold, often from DRAM.
-    const std::size_t row_bytes = dim * sizeof(uint16_t);
+    // While one block computes (~100k cycles), the next block's KV rows are prefetched, a
+    // slice after each d-chunk of QK and PV (one burst of a thousand prefetches would
+    // overrun the miss buffers): a decode step reads its rows cold, often from DRAM.
+    const std::size_t lines_per_row = (dim * sizeof(uint16_t) + 63) / 64;
+    const int32_t* pf_rows = nullptr;
+    std::size_t pf_next = 0, pf_end = 0, pf_slice = 0;  // in cache lines
     auto prefetch = [&](const int32_t* rows, std::size_t n) {
-        for (std::size_t r = 0; r < n; ++r) {
-            const char* p = reinterpret_cast<const char*>(a.kv + std::size_t(rows[r]) * a.kv_stride);
-            for (std::size_t o = 0; o < row_bytes; o += 64) simd::prefetch_l2(p + o);
+        pf_rows = rows;
+        pf_next = 0;
+        pf_end = n * lines_per_row;
+        pf_slice = (pf_end + 15) / 16;
+    };
+    auto prefetch_some = [&](std::size_t count) {
+        for (const std::size_t e = std::min(pf_end, pf_next + count); pf_next < e; ++pf_next) {
+            const std::size_t r = pf_next / lines_per_row, line = pf_next % lines_per_row;
+            simd::prefetch_l2(reinterpret_cast<const char*>(a.kv + std::size_t(pf_rows[r]) * a.kv_stride) + line * 64);
         }
     };
+    auto tick = [&] { prefetch_some(pf_slice); };
     int32_t* next = list + block;
     bool seen = false;  // a block with a valid index has been accumulated into O
     std::size_t n_next = compact(0, next);
+    prefetch(next, n_next);  // the first block's rows load while q is transposed
+    prefetch_some(pf_end);
+    load_q_transposed<A>(a.q + s * a.q_stride + h0 * dim, hg, dim, hp, qt);
+    std::fill(m, m + hp, -std::numeric_limits<float>::infinity());
+    std::fill(l, l + hp, 0.0f);
     for (std::size_t b0 = 0; b0 < a.idx_len; b0 += block) {
         std::swap(list, next);
         const std::size_t n = n_next;
@@ -320,9 +336,10 @@ void attend_row(const sparse_attention_args& a, std::size_t s, std::size_t h0, s
         if (n == 0) continue;
         prefetch(next, n_next);
         for (std::size_t r = 0; r < n; ++r) widen_row<A>(a.kv + std::size_t(list[r]) * a.kv_stride, kf + r * kf_stride(dim), dim);
-        qk_block<A>(qt, hp, kf, n, dim, sp);
+        qk_block<A>(qt, hp, kf, n, dim, sp, tick);
         softmax_block<A>(sp, n, hp, a.scale, m, l, alpha, round_p);
-        pv_block<A>(sp, n, hp, hg, kf, dim, o, alpha, !seen);
+        pv_block<A>(sp, n, hp, hg, kf, dim, o, alpha, !seen, tick);
+        prefetch_some(pf_end);
         seen = true;
     }
 
