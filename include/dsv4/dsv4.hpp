@@ -6,3 +6,5 @@
 #include "parallel.hpp"
 #include "formats.hpp"
 #include "isa.hpp"
+#include "model_config.hpp"
+#include "safetensors.hpp"
