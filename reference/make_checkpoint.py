@@ -26,6 +26,7 @@ Presets:
 * toy: tiny dims, every feature on: compress_ratios [0, 4, 128, 4] + one MTP block (ratio 0),
   layer 0 a hash layer, window 128, index_topk 8, vocab 512, hidden 256, 4 heads of 128
   (64 rope + 64 nope), 8 experts of width 128 (top 2), 1 shared. ~6 MB in 3 shards, seconds.
+* v4-flash: the published V4-Flash config (43 layers + MTP), with --config-only only.
 * real-dims: V4-Flash's real dimensions (spec §0) with 3 layers, ratios [0, 4, 128], the first
   a hash layer, no MTP. ~12.6 GB; written streaming, tensor by tensor (big BF16 tensors in row
   chunks), never holding more than one tensor (or chunk) in memory, with a progress bar.
@@ -98,8 +99,17 @@ PRESETS = {
         "moe_intermediate_size": 2048, "n_routed_experts": 256, "num_experts_per_tok": 6, "n_shared_experts": 1,
         "num_hash_layers": 1, "max_position_embeddings": 1048576,
     }),
+    # The published V4-Flash config itself (spec §0): --config-only (its weights are 160 GB).
+    "v4-flash": dict(_COMMON, **{
+        "vocab_size": 129280, "hidden_size": 4096, "num_hidden_layers": 43, "num_nextn_predict_layers": 1,
+        "num_attention_heads": 64, "head_dim": 512, "q_lora_rank": 1024, "o_groups": 8, "o_lora_rank": 1024,
+        "compress_ratios": [0, 0] + [4, 128] * 20 + [4, 0], "index_n_heads": 64, "index_head_dim": 128,
+        "index_topk": 512, "moe_intermediate_size": 2048, "n_routed_experts": 256, "num_experts_per_tok": 6,
+        "n_shared_experts": 1, "num_hash_layers": 3, "max_position_embeddings": 1048576,
+    }),
 }
 DEFAULTS = {"toy": dict(quant="exact", shards=3, progress=False),
+            "v4-flash": dict(quant="fast", shards=46, progress=True),
             "real-dims": dict(quant="fast", shards=4, progress=True)}
 
 DTYPE_SIZE = {"F8_E4M3": 1, "F8_E8M0": 1, "I8": 1, "BF16": 2, "F32": 4, "I64": 8}
@@ -458,6 +468,8 @@ def main():
     if shards < 2:
         ap.error("--shards must be at least 2 (the point is a sharded checkpoint)")
     progress = d["progress"] if args.progress is None else args.progress
+    if args.preset == "v4-flash" and not args.config_only:
+        ap.error("--preset v4-flash writes its config only (--config-only); its weights are 160 GB")
     if args.config_only:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
