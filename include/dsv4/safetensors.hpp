@@ -21,6 +21,9 @@
 //
 // Lifetime: tensor_view pointers and names point into the checkpoint object's mappings and
 // tables; they stay valid while that checkpoint (or a checkpoint moved from it) lives.
+// Like every dsv4 function body, mapped_file and checkpoint live in the ISA inline namespace
+// (dsv4::isa_<tier>::checkpoint): hand a checkpoint only to code built with the same ISA
+// flags; the plain-data views (tensor_view, tensor_shape) may cross freely.
 // The files must not be truncated while mapped (reading a page past the new end raises
 // SIGBUS; nothing in user space can prevent that).
 #pragma once
