@@ -9,6 +9,7 @@
 #include <oneapi/tbb/parallel_for.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/mman.h>
 
 namespace bench {
 
@@ -41,12 +44,22 @@ inline std::vector<int> thread_counts() {
     return all == 1 ? std::vector<int>{1} : std::vector<int>{1, all};
 }
 
-/// Page-aligned buffer that is written once (so its pages are really backed).
+/// Whether benchmark buffers may use transparent huge pages (DSV4_BENCH_HUGEPAGES=1).
+/// Default: 4 KiB pages, as a memory-mapped checkpoint file is read in real decoding.
+inline bool use_huge_pages() {
+    const char* e = std::getenv("DSV4_BENCH_HUGEPAGES");
+    return e && *e == '1';
+}
+
+/// 2 MiB-aligned buffer, written once so its pages are really backed.
 struct buffer {
     std::unique_ptr<unsigned char, void (*)(void*)> p{nullptr, std::free};
     std::size_t size = 0;
     explicit buffer(std::size_t n, unsigned char fill = 0x5A) : size(n) {
-        p.reset(static_cast<unsigned char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096)));
+        const std::size_t align = std::size_t(2) << 20, bytes = (n + align - 1) / align * align;
+        p.reset(static_cast<unsigned char*>(std::aligned_alloc(align, bytes)));
+        if (!p) throw std::bad_alloc();
+        madvise(p.get(), bytes, use_huge_pages() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
         std::memset(p.get(), fill, n);
     }
     unsigned char* data() const { return p.get(); }
@@ -56,6 +69,7 @@ struct buffer {
 /// access cold: together at least 4x the last-level cache (256 MiB floor).
 inline std::size_t cold_copies(std::size_t bytes) {
     const std::size_t want = std::size_t(256) << 20;
+    if (bytes >= want) return 1;  // one pass over it already evicts the LLC
     return std::max<std::size_t>(2, (want + bytes - 1) / bytes);
 }
 
@@ -70,37 +84,50 @@ template <class F> void parallel_rows(int threads, std::size_t n, std::size_t gr
                       [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
 }
 
-/// Streaming-read bandwidth (bytes/s) over `copies` cold buffers of `bytes`, with the
-/// best tier's read kernel, on `threads` threads: the ceiling for bw_frac. Median of 5.
+/// Streaming-read bandwidth (bytes/s) over the given cold buffers (each read whole, in
+/// turn), with the best tier's read kernel on `threads` threads: the ceiling for bw_frac.
+/// Median of `reps` passes over all buffers. Benchmarks call it on their own weight
+/// copies right before and after timing, so both numbers share the machine's state.
+inline double stream_read_bps(const std::vector<std::pair<const unsigned char*, std::size_t>>& bufs, int threads,
+                              int reps = 3) {
+    const auto& k = *dsv4::kernels_for(dsv4::best_tier(dsv4::host_cpu()));
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    std::vector<double> rates;
+    const std::size_t chunk = 64 * 1024;
+    for (int rep = 0; rep < reps; ++rep) {
+        double total = 0;
+        const auto t0 = std::chrono::steady_clock::now();
+        uint64_t sink = 0;
+        for (const auto& [p, bytes] : bufs) {
+            std::atomic<uint64_t> acc{0};
+            parallel_rows(threads, (bytes + chunk - 1) / chunk, 1, [&, p = p, bytes = bytes](std::size_t c0, std::size_t c1) {
+                const std::size_t lo = c0 * chunk, hi = std::min(bytes, c1 * chunk);
+                acc += k.stream_read(p + lo, hi - lo);
+            });
+            sink += acc.load();
+            total += double(bytes);
+        }
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        benchmark::DoNotOptimize(sink);
+        rates.push_back(total / s);
+    }
+    std::sort(rates.begin(), rates.end());
+    return rates[rates.size() / 2];
+}
+
+/// The same on fresh buffers of `bytes` (as many copies as cold_copies() says), cached.
 inline double stream_read_bps(std::size_t bytes, int threads) {
     static std::mutex mu;
     static std::map<std::pair<std::size_t, int>, double> cache;
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find({bytes, threads}); it != cache.end()) return it->second;
-    const auto& k = *dsv4::kernels_for(dsv4::best_tier(dsv4::host_cpu()));
-    const std::size_t copies = cold_copies(bytes);
-    std::vector<buffer> bufs;
-    for (std::size_t i = 0; i < copies; ++i) bufs.emplace_back(bytes);
-    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
-    std::vector<double> rates;
-    const std::size_t chunk = 64 * 1024;
-    for (int rep = 0; rep < 5; ++rep) {
-        const auto t0 = std::chrono::steady_clock::now();
-        uint64_t sink = 0;
-        for (auto& b : bufs) {
-            std::atomic<uint64_t> acc{0};
-            parallel_rows(threads, (bytes + chunk - 1) / chunk, 1, [&](std::size_t c0, std::size_t c1) {
-                const std::size_t lo = c0 * chunk, hi = std::min(bytes, c1 * chunk);
-                acc += k.stream_read(b.data() + lo, hi - lo);
-            });
-            sink += acc.load();
-        }
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        benchmark::DoNotOptimize(sink);
-        rates.push_back(double(bytes) * double(copies) / s);
+    std::vector<buffer> owned;
+    std::vector<std::pair<const unsigned char*, std::size_t>> bufs;
+    for (std::size_t i = 0; i < cold_copies(bytes); ++i) {
+        owned.emplace_back(bytes);
+        bufs.emplace_back(owned.back().data(), bytes);
     }
-    std::sort(rates.begin(), rates.end());
-    return cache[{bytes, threads}] = rates[rates.size() / 2];
+    return cache[{bytes, threads}] = stream_read_bps(bufs, threads, 5);
 }
 
 /// Sets bytes/s, GFLOP/s and bw_frac (achieved bytes/s over the streaming ceiling).

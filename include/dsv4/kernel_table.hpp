@@ -33,7 +33,7 @@ struct kernel_table {
 
     // gemv (gemv_kernels.hpp): row-range kernels, rows [r0, r1)
     void (*fp8_acts_to_f32)(const uint8_t*, const uint8_t*, std::size_t, float*) noexcept;
-    void (*quantize_q8_row)(const uint16_t*, std::size_t, int8_t*, float*) noexcept;
+    void (*quantize_q8_row)(const uint16_t*, std::size_t, int8_t*, float*, int32_t*) noexcept;
     void (*f32_gemv_rows)(const f32_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*bf16_gemv_rows)(const bf16_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp8_gemv_rows)(const fp8_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
