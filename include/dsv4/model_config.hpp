@@ -13,10 +13,10 @@
 #include "safetensors.hpp"
 
 #include <cmath>
-#include <type_traits>
-#include <limits>
+#include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace dsv4 {
