@@ -9,6 +9,7 @@
 #include "kernel_table.hpp"
 #include "gemv_kernels.hpp"
 #include "memory.hpp"
+#include "mhc_kernels.hpp"
 #include "quant.hpp"
 
 namespace dsv4 {
@@ -39,6 +40,11 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.fp4_gemv_q8_rows = &kernels::fp4_gemv_q8_rows<Arch>;
     t.fp4_gate_up_rows = &kernels::fp4_gate_up_rows<Arch>;
     t.fp4_gate_up_q8_rows = &kernels::fp4_gate_up_q8_rows<Arch>;
+    t.hc_norm_rows = &kernels::hc_norm_rows<Arch>;
+    t.hc_split_rows = &kernels::hc_split_rows<Arch>;
+    t.hc_head_pre_rows = &kernels::hc_head_pre_rows<Arch>;
+    t.hc_combine_rows = &kernels::hc_combine_rows<Arch>;
+    t.hc_post_rows = &kernels::hc_post_rows<Arch>;
     return t;
 }
 

@@ -3,6 +3,7 @@
 
 #include "codec.hpp"
 #include "gemv.hpp"
+#include "mhc.hpp"
 #include "parallel.hpp"
 #include "formats.hpp"
 #include "isa.hpp"

@@ -45,6 +45,18 @@ struct kernel_table {
                              const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp4_gate_up_q8_rows)(const fp4_matrix&, const fp4_matrix&, const q8_rows&, const swiglu_epilogue&,
                                 const gemv_out&, std::size_t, std::size_t) noexcept;
+
+    // mhc (mhc_kernels.hpp): token-batched
+    void (*hc_norm_rows)(const uint16_t*, std::size_t, std::size_t, std::size_t, float, float*, std::size_t,
+                         float*) noexcept;
+    void (*hc_split_rows)(const float*, const float*, std::size_t, const float*, const float*, int, float, float*,
+                          float*, float*, float*) noexcept;
+    void (*hc_head_pre_rows)(const float*, const float*, std::size_t, float, const float*, float, float*,
+                             float*) noexcept;
+    void (*hc_combine_rows)(const uint16_t*, std::size_t, std::size_t, std::size_t, const float*, uint16_t*,
+                            std::size_t) noexcept;
+    void (*hc_post_rows)(const uint16_t*, std::size_t, const uint16_t*, std::size_t, const float*, const float*,
+                         std::size_t, std::size_t, uint16_t*, std::size_t) noexcept;
 };
 
 namespace detail {
