@@ -80,7 +80,7 @@ struct pre_result {
 
 pre_result run_hc_pre(const hc_case& c, bool parallel = false) {
     const dsv4::hc_config cfg{c.d, c.iters};
-    std::vector<unsigned char> scratch(dsv4::hc_scratch::bytes_needed(cfg, c.T));
+    std::vector<unsigned char> scratch(dsv4::bytes_needed(cfg, c.T));
     pre_result r;
     r.y.assign(c.T * c.d, 0xFFFF);
     r.post.assign(c.T * 4, -1);
@@ -358,7 +358,7 @@ TEST_CASE("mhc: hc_head against the goldens") {
         const hc_case c(g);
         CAPTURE(name);
         const dsv4::hc_config cfg{c.d};
-        std::vector<unsigned char> scratch(dsv4::hc_scratch::bytes_needed(cfg, c.T));
+        std::vector<unsigned char> scratch(dsv4::bytes_needed(cfg, c.T));
         std::vector<uint16_t> y(c.T * c.d);
         std::vector<float> pre(4 * c.T), mix(4 * c.T);
         dsv4::hc_head(cfg, {c.fn.data(), c.scale.data(), c.base.data()}, c.H.data(), c.T, {y.data(), pre.data(), mix.data()},
@@ -404,7 +404,7 @@ TEST_CASE("mhc: results do not depend on the token split or on threads") {
     }
     // stages with a token range and a mix-row split
     const dsv4::hc_config cfg{c.d, c.iters};
-    std::vector<unsigned char> scratch(dsv4::hc_scratch::bytes_needed(cfg, c.T));
+    std::vector<unsigned char> scratch(dsv4::bytes_needed(cfg, c.T));
     const dsv4::hc_scratch s{scratch.data(), scratch.size()};
     const dsv4::hc_pre_weights w{c.fn.data(), c.scale.data(), c.base.data()};
     std::vector<uint16_t> y(c.T * c.d);
@@ -470,7 +470,7 @@ TEST_CASE("mhc: preconditions are checked at the public entry points") {
     std::vector<uint16_t> H(4 * 64), y(64);
     std::vector<float> fn(24 * 256), scale(3), base(24), post(4), comb(16);
     const dsv4::hc_config cfg{64};
-    std::vector<unsigned char> scratch(dsv4::hc_scratch::bytes_needed(cfg, 1));
+    std::vector<unsigned char> scratch(dsv4::bytes_needed(cfg, 1));
     const dsv4::hc_pre_weights w{fn.data(), scale.data(), base.data()};
     const dsv4::hc_pre_out out{y.data(), post.data(), comb.data()};
     CHECK_NOTHROW(dsv4::hc_pre(cfg, w, H.data(), 1, out, {scratch.data(), scratch.size()}));

@@ -10,6 +10,7 @@
 #include "gemv_kernels.hpp"
 #include "memory.hpp"
 #include "mhc_kernels.hpp"
+#include "moe_kernels.hpp"
 #include "quant.hpp"
 
 namespace dsv4 {
@@ -45,6 +46,8 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.hc_head_pre_rows = &kernels::hc_head_pre_rows<Arch>;
     t.hc_combine_rows = &kernels::hc_combine_rows<Arch>;
     t.hc_post_rows = &kernels::hc_post_rows<Arch>;
+    t.moe_combine_rows = &kernels::moe_combine_rows<Arch>;
+    t.swiglu_bf16_row = &kernels::swiglu_bf16_row<Arch>;
     return t;
 }
 

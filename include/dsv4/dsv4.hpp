@@ -4,6 +4,7 @@
 #include "codec.hpp"
 #include "gemv.hpp"
 #include "mhc.hpp"
+#include "moe.hpp"
 #include "parallel.hpp"
 #include "formats.hpp"
 #include "isa.hpp"

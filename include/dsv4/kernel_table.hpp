@@ -57,6 +57,10 @@ struct kernel_table {
                             std::size_t) noexcept;
     void (*hc_post_rows)(const uint16_t*, std::size_t, const uint16_t*, std::size_t, const float*, const float*,
                          std::size_t, std::size_t, uint16_t*, std::size_t) noexcept;
+
+    // moe (moe_kernels.hpp)
+    void (*moe_combine_rows)(const uint16_t* const*, std::size_t, std::size_t, uint16_t*) noexcept;
+    void (*swiglu_bf16_row)(const uint16_t*, const uint16_t*, std::size_t, float, uint16_t*) noexcept;
 };
 
 namespace detail {

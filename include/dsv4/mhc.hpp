@@ -11,7 +11,7 @@
 //   pre   [T, 4], mix [T, 24] f32 (optional diagnostics)
 //   head: fn [4, 4*dim], scale [1], base [4]
 //
-// Scratch: the caller's, hc_scratch::bytes_needed(cfg, T) bytes (no allocation inside).
+// Scratch: the caller's, dsv4::bytes_needed(cfg, T) bytes (no allocation inside).
 // Row t of the scratch belongs to token t, so threads working on disjoint token ranges
 // may share one scratch. Every entry point takes a token range [t0, t1) (default all):
 // any thread pool can split by tokens. The stages of hc_pre (hc_pre_norm, hc_pre_mix,
@@ -61,16 +61,19 @@ struct hc_head_out {
     float* pre = nullptr;   ///< [T, 4], optional
     float* mix = nullptr;   ///< [T, 4], optional
 };
-/// Caller-provided working memory: v [T, 4*dim] f32, dot [T, 24] f32, rms [T] f32.
+/// Caller-provided working memory: v [T, 4*dim] f32, dot [T, 24] f32, rms [T] f32; size it
+/// with dsv4::bytes_needed(cfg, tokens) (66 KiB per token at dim 4096).
 struct hc_scratch {
     void* data = nullptr;
     std::size_t bytes = 0;
-    static constexpr std::size_t bytes_needed(const hc_config& c, std::size_t tokens) noexcept {
-        return tokens * (hc_mult * c.dim + hc_mixes + 1) * sizeof(float) + 64;
-    }
 };
 
 inline namespace DSV4_ISA_NS {
+
+/// Bytes of scratch hc_pre / hc_head need for T tokens.
+constexpr std::size_t bytes_needed(const hc_config& c, std::size_t tokens) noexcept {
+    return tokens * (hc_mult * c.dim + hc_mixes + 1) * sizeof(float) + 64;
+}
 
 namespace detail {
 struct hc_buffers {
@@ -79,7 +82,7 @@ struct hc_buffers {
     float* rms;
 };
 inline hc_buffers hc_carve(const hc_config& c, std::size_t tokens, const hc_scratch& s, const char* fn) {
-    require(s.bytes >= hc_scratch::bytes_needed(c, tokens), fn, "scratch smaller than hc_scratch::bytes_needed");
+    require(s.bytes >= bytes_needed(c, tokens), fn, "scratch smaller than bytes_needed(cfg, tokens)");
     require(tokens == 0 || s.data, fn, "scratch.data is null");
     auto p = reinterpret_cast<std::uintptr_t>(s.data);
     p = (p + 63) & ~std::uintptr_t(63);
