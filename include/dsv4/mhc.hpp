@@ -62,7 +62,7 @@ struct hc_head_out {
     float* mix = nullptr;   ///< [T, 4], optional
 };
 /// Caller-provided working memory: v [T, 4*dim] f32, dot [T, 24] f32, rms [T] f32; size it
-/// with dsv4::bytes_needed(cfg, tokens) (66 KiB per token at dim 4096).
+/// with dsv4::bytes_needed(cfg, tokens) (64 KiB per token at dim 4096).
 struct hc_scratch {
     void* data = nullptr;
     std::size_t bytes = 0;
@@ -107,7 +107,10 @@ inline void hc_pre_norm(const hc_config& c, const uint16_t* H, std::size_t token
     DSV4_KERNEL(hc_norm_rows)(H + t0 * w, w, w, t1 - t0, c.norm_eps, b.v + t0 * w, w, b.rms + t0);
 }
 
-/// Stage 2 of hc_pre: mix rows [r0, r1) of the 24 (fn . v) for tokens [t0, t1).
+/// Stage 2 of hc_pre: mix rows [r0, r1) of the 24 (fn . v) for tokens [t0, t1). Tokens go
+/// through f32_gemv four at a time (its M tile): their 4 x 64 KiB of v stay in L2 while fn
+/// streams past once per 4 tokens (fn rows outer over all tokens would re-read every v row
+/// from L3 once per fn row).
 inline void hc_pre_mix(const hc_config& c, const hc_pre_weights& w, std::size_t tokens, const hc_scratch& s,
                        std::size_t r0 = 0, std::size_t r1 = all_rows, std::size_t t0 = 0, std::size_t t1 = all_rows) {
     detail::hc_check(c, tokens, t0, t1, "hc_pre_mix");
@@ -115,8 +118,11 @@ inline void hc_pre_mix(const hc_config& c, const hc_pre_weights& w, std::size_t 
     const auto b = detail::hc_carve(c, tokens, s, "hc_pre_mix");
     const std::size_t k = hc_mult * c.dim;
     if (r1 == all_rows) r1 = hc_mixes;
-    f32_gemv(f32_matrix{w.fn, k, hc_mixes, k}, f32_rows{b.v + t0 * k, k, t1 - t0},
-             gemv_out{b.dot + t0 * hc_mixes, nullptr, hc_mixes}, r0, r1);
+    const f32_matrix fn{w.fn, k, hc_mixes, k};
+    for (std::size_t a = t0; a < t1; a += kernels::gemv_m_tile) {
+        const std::size_t m = std::min(kernels::gemv_m_tile, t1 - a);
+        f32_gemv(fn, f32_rows{b.v + a * k, k, m}, gemv_out{b.dot + a * hc_mixes, nullptr, hc_mixes}, r0, r1);
+    }
 }
 
 /// Stage 3 of hc_pre: split + Sinkhorn + the weighted sum of the streams, tokens [t0, t1).
@@ -182,11 +188,16 @@ inline void hc_head(const hc_config& c, const hc_head_weights& w, const uint16_t
 
 namespace par {
 
-/// hc_pre with oneTBB: norm per token, the 24 x T mix dot products split by mix rows (so a
-/// single decode token uses every thread), split + combine per token. Same bits as hc_pre.
+/// hc_pre with oneTBB. Up to 7 tokens (decode): norm per token, the mix dot products split by
+/// mix rows (so one token uses every thread), split + combine per token. From 8 tokens on:
+/// whole hc_pre per block of 4 tokens. Same bits as hc_pre either way.
 inline void hc_pre(const hc_config& c, const hc_pre_weights& w, const uint16_t* H, std::size_t tokens,
                    const hc_pre_out& out, const hc_scratch& s) {
     if (tokens == 0) return;
+    if (tokens >= 8) {
+        for_rows(tokens, kernels::gemv_m_tile, [&](std::size_t a, std::size_t b) { dsv4::hc_pre(c, w, H, tokens, out, s, a, b); });
+        return;
+    }
     for_rows(tokens, 1, [&](std::size_t a, std::size_t b) { dsv4::hc_pre_norm(c, H, tokens, s, a, b); });
     for_rows(hc_mixes, 6, [&](std::size_t a, std::size_t b) { dsv4::hc_pre_mix(c, w, tokens, s, a, b); });
     for_rows(tokens, 1, [&](std::size_t a, std::size_t b) { dsv4::hc_pre_split(c, w, H, tokens, out, s, a, b); });
