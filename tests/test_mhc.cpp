@@ -474,6 +474,8 @@ TEST_CASE("mhc: preconditions are checked at the public entry points") {
     const dsv4::hc_pre_weights w{fn.data(), scale.data(), base.data()};
     const dsv4::hc_pre_out out{y.data(), post.data(), comb.data()};
     CHECK_NOTHROW(dsv4::hc_pre(cfg, w, H.data(), 1, out, {scratch.data(), scratch.size()}));
+    CHECK_NOTHROW(dsv4::hc_pre(cfg, w, nullptr, 0, {}, {}));  // no tokens: nothing needed
+    CHECK(dsv4::bytes_needed(cfg, 0) == 0);
     CHECK_THROWS_AS(dsv4::hc_pre(cfg, w, H.data(), 1, out, {scratch.data(), scratch.size() - 65}), dsv4::error);
     CHECK_THROWS_AS(dsv4::hc_pre(cfg, w, H.data(), 2, out, {scratch.data(), scratch.size()}), dsv4::error);
     CHECK_THROWS_AS(dsv4::hc_pre({64, 0}, w, H.data(), 1, out, {scratch.data(), scratch.size()}), dsv4::error);

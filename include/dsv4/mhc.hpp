@@ -72,7 +72,7 @@ inline namespace DSV4_ISA_NS {
 
 /// Bytes of scratch hc_pre / hc_head need for T tokens.
 constexpr std::size_t bytes_needed(const hc_config& c, std::size_t tokens) noexcept {
-    return tokens * (hc_mult * c.dim + hc_mixes + 1) * sizeof(float) + 64;
+    return tokens ? tokens * (hc_mult * c.dim + hc_mixes + 1) * sizeof(float) + 64 : 0;  // + alignment slack
 }
 
 namespace detail {
