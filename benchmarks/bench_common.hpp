@@ -9,6 +9,7 @@
 #include <oneapi/tbb/parallel_for.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -17,7 +18,10 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <time.h>
 #include <vector>
+
+#include <sys/mman.h>
 
 namespace bench {
 
@@ -41,12 +45,22 @@ inline std::vector<int> thread_counts() {
     return all == 1 ? std::vector<int>{1} : std::vector<int>{1, all};
 }
 
-/// Page-aligned buffer that is written once (so its pages are really backed).
+/// Whether benchmark buffers may use transparent huge pages (DSV4_BENCH_HUGEPAGES=1).
+/// Default: 4 KiB pages, as a memory-mapped checkpoint file is read in real decoding.
+inline bool use_huge_pages() {
+    const char* e = std::getenv("DSV4_BENCH_HUGEPAGES");
+    return e && *e == '1';
+}
+
+/// 2 MiB-aligned buffer, written once so its pages are really backed.
 struct buffer {
     std::unique_ptr<unsigned char, void (*)(void*)> p{nullptr, std::free};
     std::size_t size = 0;
     explicit buffer(std::size_t n, unsigned char fill = 0x5A) : size(n) {
-        p.reset(static_cast<unsigned char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096)));
+        const std::size_t align = std::size_t(2) << 20, bytes = (n + align - 1) / align * align;
+        p.reset(static_cast<unsigned char*>(std::aligned_alloc(align, bytes)));
+        if (!p) throw std::bad_alloc();
+        madvise(p.get(), bytes, use_huge_pages() ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
         std::memset(p.get(), fill, n);
     }
     unsigned char* data() const { return p.get(); }
@@ -56,6 +70,7 @@ struct buffer {
 /// access cold: together at least 4x the last-level cache (256 MiB floor).
 inline std::size_t cold_copies(std::size_t bytes) {
     const std::size_t want = std::size_t(256) << 20;
+    if (bytes >= want) return 1;  // one pass over it already evicts the LLC
     return std::max<std::size_t>(2, (want + bytes - 1) / bytes);
 }
 
@@ -70,37 +85,134 @@ template <class F> void parallel_rows(int threads, std::size_t n, std::size_t gr
                       [&](const tbb::blocked_range<std::size_t>& r) { body(r.begin(), r.end()); });
 }
 
-/// Streaming-read bandwidth (bytes/s) over `copies` cold buffers of `bytes`, with the
-/// best tier's read kernel, on `threads` threads: the ceiling for bw_frac. Median of 5.
+/// Streaming-read bandwidth (bytes/s) over the given cold buffers (each read whole, in
+/// turn), with the best tier's read kernel on `threads` threads: the ceiling for bw_frac.
+/// Median of `reps` passes over all buffers. Benchmarks call it on their own weight
+/// copies right before and after timing, so both numbers share the machine's state.
+inline double stream_read_bps(const std::vector<std::pair<const unsigned char*, std::size_t>>& bufs, int threads,
+                              int reps = 3) {
+    const auto& k = *dsv4::kernels_for(dsv4::best_tier(dsv4::host_cpu()));
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    std::vector<double> rates;
+    const std::size_t chunk = 64 * 1024;
+    for (int rep = 0; rep < reps; ++rep) {
+        double total = 0;
+        const auto t0 = std::chrono::steady_clock::now();
+        uint64_t sink = 0;
+        for (const auto& [p, bytes] : bufs) {
+            std::atomic<uint64_t> acc{0};
+            parallel_rows(threads, (bytes + chunk - 1) / chunk, 1, [&, p = p, bytes = bytes](std::size_t c0, std::size_t c1) {
+                const std::size_t lo = c0 * chunk, hi = std::min(bytes, c1 * chunk);
+                acc += k.stream_read(p + lo, hi - lo);
+            });
+            sink += acc.load();
+            total += double(bytes);
+        }
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        benchmark::DoNotOptimize(sink);
+        rates.push_back(total / s);
+    }
+    std::sort(rates.begin(), rates.end());
+    return rates[rates.size() / 2];
+}
+
+/// The same on fresh buffers of `bytes` (as many copies as cold_copies() says), cached.
 inline double stream_read_bps(std::size_t bytes, int threads) {
     static std::mutex mu;
     static std::map<std::pair<std::size_t, int>, double> cache;
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find({bytes, threads}); it != cache.end()) return it->second;
-    const auto& k = *dsv4::kernels_for(dsv4::best_tier(dsv4::host_cpu()));
-    const std::size_t copies = cold_copies(bytes);
-    std::vector<buffer> bufs;
-    for (std::size_t i = 0; i < copies; ++i) bufs.emplace_back(bytes);
-    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
-    std::vector<double> rates;
-    const std::size_t chunk = 64 * 1024;
-    for (int rep = 0; rep < 5; ++rep) {
-        const auto t0 = std::chrono::steady_clock::now();
-        uint64_t sink = 0;
-        for (auto& b : bufs) {
-            std::atomic<uint64_t> acc{0};
-            parallel_rows(threads, (bytes + chunk - 1) / chunk, 1, [&](std::size_t c0, std::size_t c1) {
-                const std::size_t lo = c0 * chunk, hi = std::min(bytes, c1 * chunk);
-                acc += k.stream_read(b.data() + lo, hi - lo);
-            });
-            sink += acc.load();
-        }
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        benchmark::DoNotOptimize(sink);
-        rates.push_back(double(bytes) * double(copies) / s);
+    std::vector<buffer> owned;
+    std::vector<std::pair<const unsigned char*, std::size_t>> bufs;
+    for (std::size_t i = 0; i < cold_copies(bytes); ++i) {
+        owned.emplace_back(bytes);
+        bufs.emplace_back(owned.back().data(), bytes);
     }
-    std::sort(rates.begin(), rates.end());
-    return cache[{bytes, threads}] = rates[rates.size() / 2];
+    return cache[{bytes, threads}] = stream_read_bps(bufs, threads, 5);
+}
+
+/// CPU seconds consumed by this process (all threads) / by the calling thread.
+inline double process_cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+inline double thread_cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+/// Iterations of tier t's fma_peak kernel that take about 2 ms.
+inline uint64_t fma_peak_iters(const dsv4::kernel_table& k) {
+    float sink = 0;
+    uint64_t iters = 1 << 12;
+    for (;;) {
+        const auto t0 = std::chrono::steady_clock::now();
+        k.fma_peak(iters, &sink);
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(2) || iters > (uint64_t(1) << 40)) break;
+        iters *= 2;
+    }
+    benchmark::DoNotOptimize(sink);
+    return iters;
+}
+
+/// FMA throughput (flop/s, wall clock) of tier t's fma_peak kernel on `threads` threads:
+/// the ceiling for flops_frac. Dynamic chunks (24 per thread) of ~2 ms; the best of 7
+/// runs of ~50 ms each (other processes on the machine can only lower a ceiling).
+inline double fma_peak_flops(dsv4::tier t, int threads) {
+    static std::mutex mu;
+    static std::map<std::pair<int, int>, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find({int(t), threads}); it != cache.end()) return it->second;
+    const auto& k = *dsv4::kernels_for(t);
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    const uint64_t iters = fma_peak_iters(k);
+    const std::size_t chunks = std::size_t(24 * threads);
+    double best = 0;
+    for (int rep = 0; rep < 7; ++rep) {
+        std::atomic<uint64_t> flops{0};
+        const auto t0 = std::chrono::steady_clock::now();
+        parallel_rows(threads, chunks, 1, [&](std::size_t c0, std::size_t c1) {
+            float out = 0;
+            uint64_t f = 0;
+            for (std::size_t c = c0; c < c1; ++c) f += k.fma_peak(iters, &out);
+            flops += f;
+            benchmark::DoNotOptimize(out);
+        });
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, double(flops.load()) / s);
+    }
+    return cache[{int(t), threads}] = best;
+}
+
+/// The same kernel's throughput per second of CPU time of one thread (thread CPU clock):
+/// one core's ceiling, immune to the time other processes take. The ceiling for cpu_frac.
+inline double fma_peak_cpu_flops(dsv4::tier t) {
+    static std::mutex mu;
+    static std::map<int, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find(int(t)); it != cache.end()) return it->second;
+    const auto& k = *dsv4::kernels_for(t);
+    const uint64_t iters = fma_peak_iters(k);
+    double best = 0;
+    for (int rep = 0; rep < 5; ++rep) {
+        float out = 0;
+        uint64_t f = 0;
+        const double t0 = thread_cpu_seconds();
+        for (int c = 0; c < 24; ++c) f += k.fma_peak(iters, &out);
+        benchmark::DoNotOptimize(out);
+        best = std::max(best, double(f) / (thread_cpu_seconds() - t0));
+    }
+    return cache[int(t)] = best;
+}
+
+/// Sets GFLOP/s and flops_frac (achieved flop/s over the tier's FMA ceiling).
+inline void set_flops_counters(benchmark::State& st, double flops_per_iter, double peak_flops) {
+    const double it = double(st.iterations());
+    st.counters["GFLOP/s"] = benchmark::Counter(flops_per_iter * it * 1e-9, benchmark::Counter::kIsRate);
+    st.counters["flops_frac"] = benchmark::Counter(flops_per_iter * it / peak_flops, benchmark::Counter::kIsRate);
+    st.counters["peak_GFLOP/s"] = peak_flops * 1e-9;
 }
 
 /// Sets bytes/s, GFLOP/s and bw_frac (achieved bytes/s over the streaming ceiling).

@@ -19,6 +19,7 @@ cmake --install build --prefix "$PWD/build/install" >/dev/null
 cmake -S examples/consumer -B build/consumer -DCMAKE_CXX_COMPILER=g++-12 -DCMAKE_PREFIX_PATH="$PWD/build/install"
 cmake --build build/consumer -j"$jobs"
 build/consumer/consumer_static
+build/consumer/consumer_native
 build/consumer/consumer_dispatch
 DSV4_ISA=scalar build/consumer/consumer_dispatch
 cmake -S examples/consumer -B build/consumer-subdir -DCMAKE_CXX_COMPILER=g++-12 -DDSV4_CONSUMER_VIA_SUBDIR="$PWD"

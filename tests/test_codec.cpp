@@ -224,3 +224,28 @@ TEST_CASE("codec: preconditions are checked at the public entry points") {
     CHECK_THROWS_AS(dsv4::act_quant_fp8(x.data(), 1, 128, 128, 0, c.data(), 128, s.data(), 1), dsv4::error);
     CHECK_NOTHROW(dsv4::act_quant_fp8(x.data(), 0, 128, 128, 128, nullptr, 128, nullptr, 1));
 }
+
+TEST_CASE("dispatch: tiers are composed from feature bits and the OS state check") {
+    dsv4::cpu_features f;
+    CHECK(dsv4::best_tier(f) == dsv4::tier::scalar);
+    f.avx2 = f.fma = true;  // F16C missing: not the avx2 tier
+    CHECK_FALSE(dsv4::tier_supported(dsv4::tier::avx2, f));
+    f.f16c = true;
+    CHECK(dsv4::best_tier(f) == dsv4::tier::avx2);
+    f.avx_vnni = true;  // Core Ultra: AVX-VNNI without AVX-512
+    CHECK(dsv4::best_tier(f) == dsv4::tier::avx2_vnni);
+    f.avx512f = f.avx512bw = f.avx512dq = f.avx512vl = true;  // CD missing
+    CHECK_FALSE(dsv4::tier_supported(dsv4::tier::avx512, f));
+    f.avx512cd = true;
+    CHECK(dsv4::best_tier(f) == dsv4::tier::avx512);
+    f.avx512_vnni = true;
+    CHECK(dsv4::best_tier(f) == dsv4::tier::avx512_vnni);
+    dsv4::tier t{};
+    CHECK(dsv4::parse_tier("avx2_vnni", t));
+    CHECK(t == dsv4::tier::avx2_vnni);
+    CHECK_FALSE(dsv4::parse_tier("avx512vnni", t));
+    // detection agrees with itself and the OS bits gate the AVX-512 features
+    const auto host = dsv4::detect_cpu_features();
+    if (!host.os_avx512) CHECK_FALSE(host.avx512f);
+    if (!host.os_avx) CHECK_FALSE(host.avx2);
+}

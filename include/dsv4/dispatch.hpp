@@ -12,6 +12,10 @@
 #include "mhc_kernels.hpp"
 #include "moe_kernels.hpp"
 #include "quant.hpp"
+#include "kernels/attention.hpp"
+#include "kernels/norm.hpp"
+#include "kernels/peak.hpp"
+#include "kernels/rope.hpp"
 
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
@@ -41,6 +45,11 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.fp4_gemv_q8_rows = &kernels::fp4_gemv_q8_rows<Arch>;
     t.fp4_gate_up_rows = &kernels::fp4_gate_up_rows<Arch>;
     t.fp4_gate_up_q8_rows = &kernels::fp4_gate_up_q8_rows<Arch>;
+    t.rmsnorm_row = &kernels::rmsnorm_row<Arch>;
+    t.q_head_norm_rows = &kernels::q_head_norm_rows<Arch>;
+    t.rope_rows = &kernels::rope_rows<Arch>;
+    t.sparse_attention_rows = &kernels::sparse_attention_rows<Arch>;
+    t.fma_peak = &kernels::fma_peak<Arch>;
     t.hc_norm_rows = &kernels::hc_norm_rows<Arch>;
     t.hc_split_rows = &kernels::hc_split_rows<Arch>;
     t.hc_head_pre_rows = &kernels::hc_head_pre_rows<Arch>;

@@ -1,6 +1,7 @@
 // dsv4/dsv4.hpp - everything. Include the family headers instead to keep builds lean.
 #pragma once
 
+#include "attention.hpp"
 #include "codec.hpp"
 #include "gemv.hpp"
 #include "mhc.hpp"
@@ -8,3 +9,5 @@
 #include "parallel.hpp"
 #include "formats.hpp"
 #include "isa.hpp"
+#include "norm.hpp"
+#include "rope.hpp"

@@ -201,20 +201,15 @@ DSV4_INLINE std::size_t q8_group_pos(std::size_t b, std::size_t i, std::size_t g
 /// FP4 row (fast mode): exact int8 block dots, scaled by d_a * 2^(e-127) / 2.
 template <class Arch, std::size_t MT>
 DSV4_INLINE void dot_fp4_q8_row(const uint8_t* w, const uint8_t* scale_row, std::size_t k, const int8_t* const* q,
-                                const float* const* d, float* y) noexcept {
+                                const float* const* d, const int32_t* const* corr, float* y) noexcept {
     constexpr std::size_t G = 128;  // group of 4 blocks
     std::size_t g0 = 0;
     if constexpr (!simd::is_scalar<Arch>) {
         using vf = simd::vf32<Arch>;
         vf acc[MT];
         for (auto& a : acc) a = vf(0.0f);
-        for (; g0 + G <= k; g0 += G) {
-            float s[MT * 4];
-            const uint8_t* sr = scale_row + g0 / 32;
-            for (std::size_t j = 0; j < MT; ++j)
-                for (std::size_t b = 0; b < 4; ++b) s[4 * j + b] = d[j][g0 / 32 + b] * (e8m0.v[sr[b]] * 0.5f);
-            simd::fp4q8_group_fma<MT>(Arch{}, w + g0 / 2, q, g0, s, acc);
-        }
+        for (; g0 + G <= k; g0 += G)
+            simd::fp4q8_group_fma<MT>(Arch{}, w + g0 / 2, scale_row + g0 / 32, q, d, corr, g0, acc);
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
     } else {
         for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
@@ -263,6 +258,16 @@ template <std::size_t MT> DSV4_INLINE void tile_ptrs(const f32_rows& x, std::siz
     for (std::size_t j = 0; j < MT; ++j) p[j] = x.x + (m0 + j) * x.stride;
 }
 
+template <std::size_t MT>
+DSV4_INLINE void q8_tile_ptrs(const q8_rows& x, std::size_t m0, const int8_t** q, const float** d,
+                              const int32_t** c) noexcept {
+    for (std::size_t j = 0; j < MT; ++j) {
+        q[j] = x.q + (m0 + j) * x.q_stride;
+        d[j] = x.scales + (m0 + j) * x.scales_stride;
+        c[j] = x.corr + (m0 + j) * x.corr_stride;
+    }
+}
+
 DSV4_INLINE float silu(float v) noexcept { return v / (1.0f + std::exp(-v)); }
 
 /// SwiGLU epilogue on the bf16-rounded projections (spec §8.2 clamp order).
@@ -294,8 +299,11 @@ void fp8_acts_to_f32(const uint8_t* codes, const uint8_t* scales, std::size_t k,
 /// d = amax/127 (f32 division), q = round_to_nearest_even(x * (127/amax)), written in
 /// group layout (4 blocks of 32 per group; within a group the even-index elements of
 /// every block come first, then the odd ones; the last group may have fewer blocks).
-/// Identical on every tier (plain scalar code: it is O(k) beside O(n k) of weights).
-template <class Arch> void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d) noexcept {
+/// corr gets, per block, {-12 * sum(q), 0, 0, 0} (k/8 int32): the SIMD dot products use
+/// the unsigned 2*e2m1 + 12 and start from it. Identical on every tier (plain scalar code:
+/// it is O(k) beside O(n k) of weights).
+template <class Arch>
+void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d, int32_t* corr) noexcept {
     for (std::size_t g0 = 0; g0 < k; g0 += 128) {
         const std::size_t gb = std::min<std::size_t>(4, (k - g0) / 32);
         for (std::size_t b = 0; b < gb; ++b) {
@@ -305,10 +313,16 @@ template <class Arch> void quantize_q8_row(const uint16_t* x, std::size_t k, int
             const bool finite = amax_bits < 0x7F800000u;
             d[b0 / 32] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
             const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
+            int32_t sum = 0;
             for (std::size_t i = 0; i < 32; ++i) {
                 const float v = std::nearbyint(bf16_to_f32(x[b0 + i]) * inv);
-                q[g0 + gemv_detail::q8_group_pos(b, i, gb)] = int8_t(std::isnan(v) ? 0 : v);
+                const int8_t qi = int8_t(std::isnan(v) ? 0 : v);
+                q[g0 + gemv_detail::q8_group_pos(b, i, gb)] = qi;
+                sum += qi;
             }
+            int32_t* c = corr + (b0 / 32) * 4;
+            c[0] = -simd::fp4_q8_offset * sum;
+            c[1] = c[2] = c[3] = 0;
         }
     }
 }
@@ -387,14 +401,40 @@ void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out
         [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
             const int8_t* q[MT];
             const float* d[MT];
-            for (std::size_t j = 0; j < MT; ++j) {
-                q[j] = x.q + (m0 + j) * x.q_stride;
-                d[j] = x.scales + (m0 + j) * x.scales_stride;
-            }
-            gemv_detail::dot_fp4_q8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, q, d, y);
+            const int32_t* c[MT];
+            gemv_detail::q8_tile_ptrs<MT>(x, m0, q, d, c);
+            gemv_detail::dot_fp4_q8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, q, d, c, y);
         },
         [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
 }
+
+namespace gemv_detail {
+/// Shared driver of the fused gate+up kernels: for each row n and M tile, dot(MT, n, m0,
+/// matrix, y) fills y[0..MT) for w1 then w3, and the SwiGLU epilogue writes h[m, n].
+template <class Dot>
+DSV4_INLINE void gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, std::size_t m, const swiglu_epilogue& e,
+                              const gemv_out& out, std::size_t r0, std::size_t r1, Dot&& dot) {
+    for (std::size_t n = r0; n < r1; ++n) {
+        for (std::size_t m0 = 0; m0 < m; m0 += gemv_m_tile) {
+            float y1[gemv_m_tile], y3[gemv_m_tile];
+            const std::size_t mt = std::min(gemv_m_tile, m - m0);
+            auto both = [&]<std::size_t MT>() {
+                dot.template operator()<MT>(n, m0, w1, y1);
+                dot.template operator()<MT>(n, m0, w3, y3);
+            };
+            switch (mt) {
+                case 4: both.template operator()<4>(); break;
+                case 3: both.template operator()<3>(); break;
+                case 2: both.template operator()<2>(); break;
+                default: both.template operator()<1>(); break;
+            }
+            for (std::size_t j = 0; j < mt; ++j)
+                store_out(out, m0 + j, n,
+                          swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f, e.limit));
+        }
+    }
+}
+}  // namespace gemv_detail
 
 /// Fused routed-expert gate+up (spec §8.2), reference mode: for rows [r0, r1) of w1/w3
 /// (same shape), h[m, n] = swiglu(bf16(w1 x), bf16(w3 x)). One pass: the activation tile
@@ -402,60 +442,28 @@ void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out
 template <class Arch>
 void fp4_gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
                       const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
-    for (std::size_t n = r0; n < r1; ++n) {
-        for (std::size_t m0 = 0; m0 < x.m; m0 += gemv_m_tile) {
-            float y1[gemv_m_tile], y3[gemv_m_tile];
-            const std::size_t mt = std::min(gemv_m_tile, x.m - m0);
-            auto run = [&]<std::size_t MT>() {
-                const float* p[MT];
-                gemv_detail::tile_ptrs<MT>(x, m0, p);
-                gemv_detail::dot_fp4_row<Arch, MT>(w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride, w1.k, p, y1);
-                gemv_detail::dot_fp4_row<Arch, MT>(w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride, w3.k, p, y3);
-            };
-            switch (mt) {
-                case 4: run.template operator()<4>(); break;
-                case 3: run.template operator()<3>(); break;
-                case 2: run.template operator()<2>(); break;
-                default: run.template operator()<1>(); break;
-            }
-            for (std::size_t j = 0; j < mt; ++j)
-                gemv_detail::store_out(out, m0 + j, n,
-                                       gemv_detail::swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f,
-                                                           e.limit));
-        }
-    }
+    gemv_detail::gate_up_rows(w1, w3, x.m, e, out, r0, r1,
+                              [&]<std::size_t MT>(std::size_t n, std::size_t m0, const fp4_matrix& w, float* y) {
+                                  const float* p[MT];
+                                  gemv_detail::tile_ptrs<MT>(x, m0, p);
+                                  gemv_detail::dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride,
+                                                                     w.k, p, y);
+                              });
 }
 
 /// Fused gate+up, fast mode (int8 activations).
 template <class Arch>
 void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_rows& x, const swiglu_epilogue& e,
                          const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
-    for (std::size_t n = r0; n < r1; ++n) {
-        for (std::size_t m0 = 0; m0 < x.m; m0 += gemv_m_tile) {
-            float y1[gemv_m_tile], y3[gemv_m_tile];
-            const std::size_t mt = std::min(gemv_m_tile, x.m - m0);
-            auto run = [&]<std::size_t MT>() {
-                const int8_t* q[MT];
-                const float* d[MT];
-                for (std::size_t j = 0; j < MT; ++j) {
-                    q[j] = x.q + (m0 + j) * x.q_stride;
-                    d[j] = x.scales + (m0 + j) * x.scales_stride;
-                }
-                gemv_detail::dot_fp4_q8_row<Arch, MT>(w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride, w1.k, q, d, y1);
-                gemv_detail::dot_fp4_q8_row<Arch, MT>(w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride, w3.k, q, d, y3);
-            };
-            switch (mt) {
-                case 4: run.template operator()<4>(); break;
-                case 3: run.template operator()<3>(); break;
-                case 2: run.template operator()<2>(); break;
-                default: run.template operator()<1>(); break;
-            }
-            for (std::size_t j = 0; j < mt; ++j)
-                gemv_detail::store_out(out, m0 + j, n,
-                                       gemv_detail::swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f,
-                                                           e.limit));
-        }
-    }
+    gemv_detail::gate_up_rows(w1, w3, x.m, e, out, r0, r1,
+                              [&]<std::size_t MT>(std::size_t n, std::size_t m0, const fp4_matrix& w, float* y) {
+                                  const int8_t* q[MT];
+                                  const float* d[MT];
+                                  const int32_t* c[MT];
+                                  gemv_detail::q8_tile_ptrs<MT>(x, m0, q, d, c);
+                                  gemv_detail::dot_fp4_q8_row<Arch, MT>(w.w + n * w.w_stride,
+                                                                        w.scale + n * w.scale_stride, w.k, q, d, c, y);
+                              });
 }
 
 }  // namespace kernels

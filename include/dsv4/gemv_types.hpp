@@ -42,6 +42,8 @@ struct q8_rows {
     std::size_t q_stride = 0;  ///< elements between rows (>= k)
     const float* scales = nullptr;
     std::size_t scales_stride = 0;  ///< elements between rows (>= k/32)
+    const int32_t* corr = nullptr;  ///< per block {-12 * sum(q), 0, 0, 0}: k/32*4 per row
+    std::size_t corr_stride = 0;    ///< elements between rows (>= k/8)
     std::size_t m = 0;
 };
 /// Output y[m, n]: exactly one of f32 / bf16 is set; stride in elements between rows of m.

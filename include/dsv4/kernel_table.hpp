@@ -10,6 +10,7 @@
 namespace dsv4 {
 
 enum class fp8_sim_revision : int;
+struct sparse_attention_args;
 
 struct kernel_table {
     /// The tier this table's code was compiled for, as seen by the preprocessor inside
@@ -33,7 +34,7 @@ struct kernel_table {
 
     // gemv (gemv_kernels.hpp): row-range kernels, rows [r0, r1)
     void (*fp8_acts_to_f32)(const uint8_t*, const uint8_t*, std::size_t, float*) noexcept;
-    void (*quantize_q8_row)(const uint16_t*, std::size_t, int8_t*, float*) noexcept;
+    void (*quantize_q8_row)(const uint16_t*, std::size_t, int8_t*, float*, int32_t*) noexcept;
     void (*f32_gemv_rows)(const f32_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*bf16_gemv_rows)(const bf16_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp8_gemv_rows)(const fp8_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
@@ -45,6 +46,14 @@ struct kernel_table {
                              const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp4_gate_up_q8_rows)(const fp4_matrix&, const fp4_matrix&, const q8_rows&, const swiglu_epilogue&,
                                 const gemv_out&, std::size_t, std::size_t) noexcept;
+    // norms (kernels/norm.hpp), RoPE (kernels/rope.hpp), attention (kernels/attention.hpp)
+    void (*rmsnorm_row)(const uint16_t*, const uint16_t*, std::size_t, float, uint16_t*) noexcept;
+    void (*q_head_norm_rows)(const uint16_t*, std::size_t, std::size_t, float, uint16_t*) noexcept;
+    void (*rope_rows)(uint16_t*, std::size_t, std::size_t, const float*, bool) noexcept;
+    void (*sparse_attention_rows)(const sparse_attention_args&, std::size_t, std::size_t, std::size_t, std::size_t,
+                                  float*) noexcept;
+    // compute ceiling (kernels/peak.hpp)
+    uint64_t (*fma_peak)(uint64_t, float*) noexcept;
 
     // mhc (mhc_kernels.hpp): token-batched
     void (*hc_norm_rows)(const uint16_t*, std::size_t, std::size_t, std::size_t, float, float*, std::size_t,

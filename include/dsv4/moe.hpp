@@ -133,13 +133,16 @@ struct moe_run {
     float* xg = nullptr;
     int8_t* xq = nullptr;
     float* xd = nullptr;
+    int32_t* xc = nullptr;
     int8_t* xgq = nullptr;
     float* xgd = nullptr;
+    int32_t* xgc = nullptr;
     uint16_t* h = nullptr;
     uint8_t *hcodes = nullptr, *hscales = nullptr;
     float* hf = nullptr;
     int8_t* hq = nullptr;
     float* hd = nullptr;
+    int32_t* hc = nullptr;
     uint16_t *sa = nullptr, *sb = nullptr, *sh = nullptr;
     uint8_t *shcodes = nullptr, *shscales = nullptr;
     float* shf = nullptr;
@@ -151,8 +154,8 @@ inline namespace DSV4_ISA_NS {
 namespace detail {
 enum moe_buf : int {
     mb_xf, mb_scores, mb_idx, mb_weights, mb_count, mb_offset, mb_fill, mb_active, mb_a_token, mb_a_weight, mb_slot_of,
-    mb_xcodes, mb_xscales, mb_xs, mb_xg, mb_xq, mb_xd, mb_xgq, mb_xgd, mb_h, mb_hcodes, mb_hscales, mb_hf, mb_hq,
-    mb_hd, mb_sa, mb_sb, mb_sh, mb_shcodes, mb_shscales, mb_shf, mb_ro, mb_so, mb_count_
+    mb_xcodes, mb_xscales, mb_xs, mb_xg, mb_xq, mb_xd, mb_xc, mb_xgq, mb_xgd, mb_xgc, mb_h, mb_hcodes, mb_hscales,
+    mb_hf, mb_hq, mb_hd, mb_hc, mb_sa, mb_sb, mb_sh, mb_shcodes, mb_shscales, mb_shf, mb_ro, mb_so, mb_count_
 };
 struct moe_layout {
     std::size_t off[mb_count_] = {};
@@ -180,14 +183,17 @@ constexpr moe_layout moe_scratch_layout(const moe_config& c, std::size_t tm) noe
     sz[mb_xg] = ref ? A * D * 4 : 0;
     sz[mb_xq] = ref ? 0 : tm * D;
     sz[mb_xd] = ref ? 0 : tm * (D / 32) * 4;
+    sz[mb_xc] = ref ? 0 : tm * (D / 8) * 4;
     sz[mb_xgq] = ref ? 0 : A * D;
     sz[mb_xgd] = ref ? 0 : A * (D / 32) * 4;
+    sz[mb_xgc] = ref ? 0 : A * (D / 8) * 4;
     sz[mb_h] = A * I * 2;
     sz[mb_hcodes] = ref ? A * I : 0;
     sz[mb_hscales] = ref ? A * (I / 128) : 0;
     sz[mb_hf] = ref ? A * I * 4 : 0;
     sz[mb_hq] = ref ? 0 : A * I;
     sz[mb_hd] = ref ? 0 : A * (I / 32) * 4;
+    sz[mb_hc] = ref ? 0 : A * (I / 8) * 4;
     sz[mb_sa] = sz[mb_sb] = sz[mb_sh] = tm * I * 2;
     sz[mb_shcodes] = tm * I;
     sz[mb_shscales] = tm * (I / 128);
@@ -330,14 +336,17 @@ inline moe_run moe_carve(const moe_config& c, const moe_scratch& s, std::size_t 
     r.xg = static_cast<float*>(at(mb_xg));
     r.xq = static_cast<int8_t*>(at(mb_xq));
     r.xd = static_cast<float*>(at(mb_xd));
+    r.xc = static_cast<int32_t*>(at(mb_xc));
     r.xgq = static_cast<int8_t*>(at(mb_xgq));
     r.xgd = static_cast<float*>(at(mb_xgd));
+    r.xgc = static_cast<int32_t*>(at(mb_xgc));
     r.h = static_cast<uint16_t*>(at(mb_h));
     r.hcodes = static_cast<uint8_t*>(at(mb_hcodes));
     r.hscales = static_cast<uint8_t*>(at(mb_hscales));
     r.hf = static_cast<float*>(at(mb_hf));
     r.hq = static_cast<int8_t*>(at(mb_hq));
     r.hd = static_cast<float*>(at(mb_hd));
+    r.hc = static_cast<int32_t*>(at(mb_hc));
     r.sa = static_cast<uint16_t*>(at(mb_sa));
     r.sb = static_cast<uint16_t*>(at(mb_sb));
     r.sh = static_cast<uint16_t*>(at(mb_sh));
@@ -386,8 +395,9 @@ inline f32_rows expert_x(const moe_run& r, uint32_t e) noexcept {
 }
 inline q8_rows expert_xq(const moe_run& r, uint32_t e) noexcept {
     const std::size_t D = r.cfg->dim;
-    if (r.tokens == 1) return {r.xq, D, r.xd, D / 32, 1};
-    return {r.xgq + std::size_t(r.offset[e]) * D, D, r.xgd + std::size_t(r.offset[e]) * (D / 32), D / 32, r.count[e]};
+    if (r.tokens == 1) return {r.xq, D, r.xd, D / 32, r.xc, D / 8, 1};
+    const std::size_t o = r.offset[e];
+    return {r.xgq + o * D, D, r.xgd + o * (D / 32), D / 32, r.xgc + o * (D / 8), D / 8, r.count[e]};
 }
 
 }  // namespace detail
@@ -473,13 +483,14 @@ inline void moe_prepare(const moe_run& r, std::size_t t0 = 0, std::size_t t1 = a
         const uint16_t* x = r.x + t * r.x_stride;
         act_quant_fp8(x, 1, D, D, 128, r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128);
         fp8_acts_to_f32(r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128, 1, D, r.xs + t * D, D);
-        if (fast) quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32);
+        if (fast) quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32, r.xc + t * (D / 8), D / 8);
         if (r.tokens == 1) continue;
         for (std::size_t j = 0; j < K; ++j) {
             const std::size_t slot = r.slot_of[t * K + j];
             if (fast) {
                 std::memcpy(r.xgq + slot * D, r.xq + t * D, D);
                 std::memcpy(r.xgd + slot * (D / 32), r.xd + t * (D / 32), (D / 32) * sizeof(float));
+                std::memcpy(r.xgc + slot * (D / 8), r.xc + t * (D / 8), (D / 8) * sizeof(int32_t));
             } else {
                 std::memcpy(r.xg + slot * D, r.xs + t * D, D * sizeof(float));
             }
@@ -512,7 +523,8 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
             uint16_t* h = r.h + off * I;
             if (fast) {
                 fp4_gate_up_q8(W.w1, W.w3, detail::expert_xq(r, e), epi, gemv_out{nullptr, h, I}, rr0, rr1);
-                quantize_q8(h + rr0, I, n, rr1 - rr0, r.hq + off * I + rr0, I, r.hd + off * (I / 32) + rr0 / 32, I / 32);
+                quantize_q8(h + rr0, I, n, rr1 - rr0, r.hq + off * I + rr0, I, r.hd + off * (I / 32) + rr0 / 32, I / 32,
+                            r.hc + off * (I / 8) + rr0 / 8, I / 8);
             } else {
                 fp4_gate_up(W.w1, W.w3, detail::expert_x(r, e), epi, gemv_out{nullptr, h, I}, rr0, rr1);
                 uint8_t* codes = r.hcodes + off * I + rr0;
@@ -549,7 +561,9 @@ inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_
         const std::size_t off = r.offset[e], n = r.count[e];
         const gemv_out out{nullptr, r.ro + off * D, D};
         if (fast)
-            fp4_gemv_q8(r.w->experts[e].w2, q8_rows{r.hq + off * I, I, r.hd + off * (I / 32), I / 32, n}, out, r0, r1);
+            fp4_gemv_q8(r.w->experts[e].w2,
+                        q8_rows{r.hq + off * I, I, r.hd + off * (I / 32), I / 32, r.hc + off * (I / 8), I / 8, n}, out, r0,
+                        r1);
         else
             fp4_gemv(r.w->experts[e].w2, f32_rows{r.hf + off * I, I, n}, out, r0, r1);
     }

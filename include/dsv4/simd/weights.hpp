@@ -7,10 +7,13 @@
 //  * FP4 e2m1 -> int8: 2*e2m1 is an integer in {0,1,2,3,4,6,8,12} with sign, so one pshufb
 //    table lookup per 16 nibbles is exact; callers fold the factor 1/2 into the scale.
 //  * int8 dot products for the fast FP4 path: maddubs+madd (AVX2, AVX-512BW) or vpdpbusd
-//    (AVX-VNNI, AVX512-VNNI); |2*e2m1| <= 12 and |a| <= 127 cannot saturate int16 pairs.
+//    (AVX-VNNI, AVX512-VNNI) on 2*e2m1 + 12 (0..24, unsigned) and int8 activations, each
+//    block's sum starting at -12 * sum(a); 2 * 24 * 127 cannot saturate the int16 pairs.
 #pragma once
 
 #include "vec.hpp"
+
+#include <cstring>
 
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
@@ -18,10 +21,29 @@ namespace simd {
 
 /// 2*e2m1 as int8, indexed by the nibble.
 alignas(16) inline constexpr int8_t e2m1_x2_table[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+/// 2*e2m1 + 12 as uint8 (0..24): an unsigned operand for u8 x s8 dot products without
+/// moving signs around; the fast path starts each block's sum at -12 * sum(a) (q8_rows::corr).
+alignas(16) inline constexpr uint8_t e2m1_x2_plus12_table[16] = {12, 13, 14, 15, 16, 18, 20, 24,
+                                                                 12, 11, 10, 9, 8, 6, 4, 0};
+inline constexpr int32_t fp4_q8_offset = 12;
 
 template <class A, class... T> requires is_scalar<A> void fp8_to_f32_scaled(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4_block_to_f32x2(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4q8_group_fma(A, T...) = delete;
+
+#if defined(__AVX2__)
+/// Weight scales of 4 consecutive FP4 blocks as 4 f32 lanes, times 1/2 (undoing the
+/// table's 2*e2m1): 2^(e_b - 128). E8M0 byte 0 is the subnormal 2^-127 as in the scalar
+/// table; byte 255 (NaN, never in a checkpoint) gives inf here, NaN there: non-finite both.
+DSV4_INLINE __m128 fp4_w_scales4(const uint8_t* sw) noexcept {
+    int32_t raw;
+    std::memcpy(&raw, sw, 4);
+    const __m128i e = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(raw));
+    __m128 f = _mm_castsi128_ps(_mm_slli_epi32(e, 23));
+    f = _mm_blendv_ps(f, _mm_set1_ps(0x1p-127f), _mm_castsi128_ps(_mm_cmpeq_epi32(e, _mm_setzero_si128())));
+    return _mm_mul_ps(f, _mm_set1_ps(0.5f));
+}
+#endif
 
 #if defined(__AVX2__)
 // ------------------------------------------------------------------ AVX2
@@ -61,28 +83,37 @@ DSV4_INLINE __m256i dot_u8s8(arch::avx2_vnni, __m256i acc, __m256i u, __m256i s)
 #  endif
 }
 
-/// One group of 4 FP4 blocks (64 weight bytes, 128 elements) against MT int8 activation
-/// rows in group layout (see gemv.hpp): acc[j] += sum_b dot_b(w, a_j) * s[4j + b].
+/// One group of 4 FP4 blocks (64 weight bytes, 128 elements, scales sw[0..4)) against MT
+/// int8 activation rows in group layout (see gemv_kernels.hpp) starting at element g0:
+/// acc[j] += sum_b dot_b(w, a_j) * d_j[g0/32 + b] * 2^(e_b - 127) / 2.
 template <std::size_t MT, class A>
-DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const int8_t* const* a, std::size_t a_off, const float* s,
+DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const int8_t* const* a,
+                                 const float* const* d, const int32_t* const* corr, std::size_t g0,
                                  vf32<arch::avx2>* acc) noexcept {
-    const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(e2m1_x2_table)));
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(e2m1_x2_plus12_table)));
     const __m256i m = _mm256_set1_epi8(0x0F);
-    for (int h = 0; h < 2; ++h) {  // blocks 2h, 2h+1: lanes 0-3 and 4-7 of the int32 result
-        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * h));
-        const __m256i vl = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m));                         // evens
-        const __m256i vh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m));  // odds
-        const __m256i ml = _mm256_abs_epi8(vl), mh = _mm256_abs_epi8(vh);
-        for (std::size_t j = 0; j < MT; ++j) {
-            const int8_t* aj = a[j] + a_off;
+    const __m256i b01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i b23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
+    const __m256i ul[2] = {_mm256_shuffle_epi8(lut, _mm256_and_si256(b01, m)),  // evens of blocks 0,1 / 2,3
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(b23, m))};
+    const __m256i uh[2] = {_mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b01, 4), m)),  // odds
+                           _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b23, 4), m))};
+    const __m128 ws = fp4_w_scales4(sw);
+    const __m256i lo_idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), hi_idx = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
+    for (std::size_t j = 0; j < MT; ++j) {
+        const int8_t* aj = a[j] + g0;
+        const int32_t* cj = corr[j] + g0 / 32 * 4;
+        const __m256 s4 = _mm256_castps128_ps256(_mm_mul_ps(_mm_loadu_ps(d[j] + g0 / 32), ws));
+        __m256 r = acc[j];
+        for (int h = 0; h < 2; ++h) {  // blocks 2h, 2h+1: int32 lanes 0-3 and 4-7
             const __m256i al = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aj + 32 * h));
             const __m256i ah = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aj + 64 + 32 * h));
-            __m256i d = dot_u8s8(A{}, _mm256_setzero_si256(), ml, _mm256_sign_epi8(al, vl));
-            d = dot_u8s8(A{}, d, mh, _mm256_sign_epi8(ah, vh));
-            const __m256 sv = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(s[4 * j + 2 * h])),
-                                                   _mm_set1_ps(s[4 * j + 2 * h + 1]), 1);
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sv, acc[j]);
+            // starts from -12 * sum(a) per block (q8_rows::corr)
+            __m256i dot = dot_u8s8(A{}, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + 8 * h)), ul[h], al);
+            dot = dot_u8s8(A{}, dot, uh[h], ah);
+            r = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_permutevar8x32_ps(s4, h ? hi_idx : lo_idx), r);
         }
+        acc[j] = r;
     }
 }
 #endif
@@ -119,25 +150,23 @@ DSV4_INLINE __m512i dot_u8s8(arch::avx512_vnni, __m512i acc, __m512i u, __m512i 
 }
 
 template <std::size_t MT, class A>
-DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const int8_t* const* a, std::size_t a_off, const float* s,
+DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const int8_t* const* a,
+                                 const float* const* d, const int32_t* const* corr, std::size_t g0,
                                  vf32<arch::avx512>* acc) noexcept {
-    const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(e2m1_x2_table)));
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(e2m1_x2_plus12_table)));
     const __m512i m = _mm512_set1_epi8(0x0F);
     const __m512i b = _mm512_loadu_si512(w);
-    const __m512i vl = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, m));                         // evens of blocks 0-3
-    const __m512i vh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), m));  // odds
-    const __m512i ml = _mm512_abs_epi8(vl), mh = _mm512_abs_epi8(vh);
-    const __mmask64 nl = _mm512_movepi8_mask(vl), nh = _mm512_movepi8_mask(vh);  // negative weights
-    const __m512i zero = _mm512_setzero_si512();
+    const __m512i ul = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, m));                         // evens of blocks 0-3
+    const __m512i uh = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), m));  // odds
     const __m512i spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m128 ws = fp4_w_scales4(sw);
     for (std::size_t j = 0; j < MT; ++j) {
-        const int8_t* aj = a[j] + a_off;
-        const __m512i al = _mm512_loadu_si512(aj), ah = _mm512_loadu_si512(aj + 64);
-        // no vpsignb on AVX-512: negate the activation where the weight is negative
-        __m512i d = dot_u8s8(A{}, zero, ml, _mm512_mask_sub_epi8(al, nl, zero, al));
-        d = dot_u8s8(A{}, d, mh, _mm512_mask_sub_epi8(ah, nh, zero, ah));
-        const __m512 sv = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_loadu_ps(s + 4 * j)));
-        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sv, acc[j]);
+        const int8_t* aj = a[j] + g0;
+        const __m512i c = _mm512_loadu_si512(corr[j] + g0 / 32 * 4);  // -12 * sum(a) per block, lane 0 of 4
+        __m512i dot = dot_u8s8(A{}, c, ul, _mm512_loadu_si512(aj));
+        dot = dot_u8s8(A{}, dot, uh, _mm512_loadu_si512(aj + 64));
+        const __m128 s4 = _mm_mul_ps(_mm_loadu_ps(d[j] + g0 / 32), ws);
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4)), acc[j]);
     }
 }
 #endif

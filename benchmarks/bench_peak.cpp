@@ -1,0 +1,37 @@
+// peak/fma/<tier>/t<threads>: the FMA-throughput ceiling each tier's compute-bound rows
+// divide by (flops_frac), measured by this binary with the tier's own fma_peak kernel.
+#include "bench_common.hpp"
+
+namespace {
+void bm_fma_peak(benchmark::State& st, dsv4::tier t, int threads) {
+    const double peak = bench::fma_peak_flops(t, threads);
+    const auto& k = *dsv4::kernels_for(t);
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    const uint64_t iters = 1 << 14;
+    uint64_t flops = 0;
+    for (auto _ : st) {
+        std::atomic<uint64_t> f{0};
+        bench::parallel_rows(threads, std::size_t(8 * threads), 1, [&](std::size_t c0, std::size_t c1) {
+            float out = 0;
+            uint64_t n = 0;
+            for (std::size_t c = c0; c < c1; ++c) n += k.fma_peak(iters, &out);
+            f += n;
+            benchmark::DoNotOptimize(out);
+        });
+        flops = f.load();
+    }
+    st.counters["GFLOP/s"] = benchmark::Counter(double(flops) * double(st.iterations()) * 1e-9, benchmark::Counter::kIsRate);
+    st.counters["ceiling_GFLOP/s"] = peak * 1e-9;  // best of 7, what flops_frac divides by
+    st.counters["core_cpu_GFLOP/s"] = bench::fma_peak_cpu_flops(t) * 1e-9;  // per thread-CPU-second (cpu_frac)
+}
+
+const bool registered = [] {
+    for (dsv4::tier t : bench::tiers())
+        for (int th : bench::thread_counts())
+            benchmark::RegisterBenchmark(("peak/fma/" + bench::tier_str(t) + "/t" + std::to_string(th)).c_str(),
+                                         bm_fma_peak, t, th)
+                ->UseRealTime()
+                ->Unit(benchmark::kMicrosecond);
+    return true;
+}();
+}  // namespace

@@ -1,0 +1,101 @@
+// dsv4/sampling.hpp - next-token choice from the head's f32 logits.
+//
+// Greedy (temperature 0: argmax, lowest id on ties) or sampled: softmax(logits / T),
+// optionally restricted to the smallest set of most likely tokens whose probability
+// reaches top_p (nucleus), then one draw from a seeded xoshiro256** stream, so a run is
+// reproducible from its seed. The reference generator draws with Gumbel-max on
+// softmax(logits/T): the same distribution, a different random stream.
+#pragma once
+
+#include "config.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+namespace dsv4 {
+
+struct sampling_params {
+    float temperature = 0.0f;  ///< 0: greedy
+    float top_p = 1.0f;        ///< in (0, 1]; 1 keeps every token
+    uint64_t seed = 0;
+};
+
+inline namespace DSV4_ISA_NS {
+
+/// Owns its random stream and a scratch buffer of vocab entries (allocated once).
+class sampler {
+public:
+    sampler(std::size_t vocab, const sampling_params& p) : p_(p), order_(vocab), prob_(vocab) {
+        if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature))
+            throw error("sampler: temperature must be a finite number >= 0, got " + std::to_string(p.temperature));
+        if (!(p.top_p > 0.0f && p.top_p <= 1.0f))
+            throw error("sampler: top_p must be in (0, 1], got " + std::to_string(p.top_p));
+        uint64_t z = p.seed;
+        for (auto& s : state_) s = splitmix(z);
+    }
+
+    /// Picks the next token id. Throws dsv4::error if the logits contain NaN (a broken
+    /// forward pass must not turn into a silently "sampled" token).
+    int32_t pick(const float* logits, std::size_t vocab) {
+        if (vocab != prob_.size()) throw error("sampler: vocab size changed");
+        std::size_t best = 0;
+        for (std::size_t i = 0; i < vocab; ++i) {
+            if (std::isnan(logits[i])) throw error("sampler: logit " + std::to_string(i) + " is NaN");
+            if (logits[i] > logits[best]) best = i;
+        }
+        if (p_.temperature == 0.0f || !std::isfinite(logits[best])) return int32_t(best);
+        const double inv_t = 1.0 / double(p_.temperature), top = double(logits[best]);
+        double sum = 0;
+        for (std::size_t i = 0; i < vocab; ++i) sum += prob_[i] = std::exp((double(logits[i]) - top) * inv_t);
+        std::size_t keep = vocab;
+        std::iota(order_.begin(), order_.end(), 0u);
+        if (p_.top_p < 1.0f) {
+            std::sort(order_.begin(), order_.end(), [&](uint32_t a, uint32_t b) {
+                return prob_[a] != prob_[b] ? prob_[a] > prob_[b] : a < b;
+            });
+            double acc = 0;
+            for (keep = 0; keep < vocab;) {
+                acc += prob_[order_[keep++]];
+                if (acc >= double(p_.top_p) * sum) break;
+            }
+            sum = acc;
+        }
+        const double u = uniform() * sum;
+        double acc = 0;
+        for (std::size_t i = 0; i < keep; ++i) {
+            acc += prob_[order_[i]];
+            if (u < acc) return int32_t(order_[i]);
+        }
+        return int32_t(order_[keep - 1]);
+    }
+
+private:
+    static uint64_t splitmix(uint64_t& z) {
+        uint64_t r = (z += 0x9E3779B97F4A7C15ull);
+        r = (r ^ (r >> 30)) * 0xBF58476D1CE4E5B9ull;
+        r = (r ^ (r >> 27)) * 0x94D049BB133111EBull;
+        return r ^ (r >> 31);
+    }
+    static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+    double uniform() {  // xoshiro256**, [0, 1)
+        const uint64_t r = rotl(state_[1] * 5, 7) * 9, t = state_[1] << 17;
+        state_[2] ^= state_[0];
+        state_[3] ^= state_[1];
+        state_[1] ^= state_[2];
+        state_[0] ^= state_[3];
+        state_[2] ^= t;
+        state_[3] = rotl(state_[3], 45);
+        return double(r >> 11) * 0x1p-53;
+    }
+
+    sampling_params p_;
+    uint64_t state_[4] = {};
+    std::vector<uint32_t> order_;
+    std::vector<double> prob_;
+};
+
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4
