@@ -8,17 +8,17 @@
 // the same pieces. Everything here is batched over tokens: token t of every array sits at
 // t * stride (see the parameters).
 //
-// Precision: f32 throughout, one IEEE rounding per operation; where the reference rounds
-// twice, f32(f32(a b) + c), simd::no_fma keeps the compiler from contracting it into an FMA,
-// and explicit FMAs are simd::fmadd (fused on every tier). exp is this file's own (<= 1 ulp
-// measured, subnormal results included); its vector and scalar forms execute the same IEEE
-// operations, so every tier gets the same bits. sigmoid(z) = 1/(1+e) or e/(1+e) with
-// e = exp(-|z|), which saturates to exactly 0 / 1. The split (and so the Sinkhorn), the
-// stream combination and hc_post are bit-identical on every tier; the sums of squares and
-// the mix GEMV are f32 sums whose order depends on the vector width.
+// Precision: f32 throughout, one IEEE rounding per operation, written with simd/fmath.hpp:
+// simd::rounded where the reference rounds twice, f32(f32(a b) + c) (no FMA contraction),
+// simd::fmadd for explicit FMAs (fused on every tier), simd::exp_f32 (the same bits on every
+// tier). sigmoid(z) = 1/(1+e) or e/(1+e) with e = exp(-|z|), which saturates to exactly
+// 0 / 1. The split (and so the Sinkhorn), the stream combination and hc_post are
+// bit-identical on every tier; the sums of squares and the mix GEMV are f32 sums whose order
+// depends on the vector width.
 #pragma once
 
 #include "gemv_kernels.hpp"
+#include "simd/fmath.hpp"
 #include "simd/mat4.hpp"
 
 #include <cmath>
@@ -30,58 +30,15 @@ namespace kernels {
 
 namespace hc_detail {
 
-// expf after Cephes: n = round(x log2 e), r = x - n ln2 (two-part ln2), degree-5 polynomial
-// in r, then 2^n applied as two normal powers of two (n1 + n2 = n) so that results down to
-// the f32 subnormals come out right. exp(x) = 0 for x <= -104 (the true value rounds to 0),
-// inf above 88.7228..., NaN stays NaN.
-inline constexpr float exp_lo = -104.0f, exp_hi = 88.72283935546875f;
-inline constexpr float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-inline constexpr float ep0 = 1.9875691500e-4f, ep1 = 1.3981999507e-3f, ep2 = 8.3334519073e-3f,
-                       ep3 = 4.1665795894e-2f, ep4 = 1.6666665459e-1f, ep5 = 5.0000001201e-1f;
-
-DSV4_INLINE float exp_f32(float x) noexcept {
-    if (std::isnan(x)) return x;
-    if (x > exp_hi) return std::numeric_limits<float>::infinity();
-    const float xm = x < exp_lo ? exp_lo : x;
-    const float n = std::nearbyint(xm * log2e);
-    float r = std::fma(n, -ln2_hi, xm);
-    r = std::fma(n, -ln2_lo, r);
-    float p = std::fma(ep0, r, ep1);
-    p = std::fma(p, r, ep2);
-    p = std::fma(p, r, ep3);
-    p = std::fma(p, r, ep4);
-    p = std::fma(p, r, ep5);
-    const float y = std::fma(p, r * r, r) + 1.0f;
-    const int32_t ni = int32_t(n), n1 = ni >> 1, n2 = ni - n1;
-    return y * f32_from_bits(uint32_t(n1 + 127) << 23) * f32_from_bits(uint32_t(n2 + 127) << 23);
-}
-
-template <class A> DSV4_INLINE simd::vf32<A> exp_vec(simd::vf32<A> x) noexcept {
-    using vf = simd::vf32<A>;
-    using vi = simd::vi32<A>;
-    const vf xm = xsimd::min(xsimd::max(x, vf(exp_lo)), vf(exp_hi));
-    const vf n = xsimd::nearbyint(xm * vf(log2e));
-    vf r = simd::fmadd<A>(n, vf(-ln2_hi), xm);
-    r = simd::fmadd<A>(n, vf(-ln2_lo), r);
-    vf p = simd::fmadd<A>(vf(ep0), r, vf(ep1));
-    p = simd::fmadd<A>(p, r, vf(ep2));
-    p = simd::fmadd<A>(p, r, vf(ep3));
-    p = simd::fmadd<A>(p, r, vf(ep4));
-    p = simd::fmadd<A>(p, r, vf(ep5));
-    const vf y = simd::fmadd<A>(p, r * r, r) + vf(1.0f);
-    const vi ni = xsimd::to_int(n), n1 = ni >> 1, n2 = ni - n1;
-    vf res = y * xsimd::bitwise_cast<vf>((n1 + vi(127)) << 23) * xsimd::bitwise_cast<vf>((n2 + vi(127)) << 23);
-    res = xsimd::select(x > vf(exp_hi), vf(std::numeric_limits<float>::infinity()), res);
-    return xsimd::select(x != x, x, res);
-}
-
+/// sigmoid(z) = 1/(1+e) or e/(1+e) with e = exp(-|z|) (simd::exp_f32: the same bits on
+/// every tier); saturates to exactly 0 / 1, never overflows.
 DSV4_INLINE float sigmoid_f32(float z) noexcept {
-    const float e = exp_f32(-std::fabs(z)), d = 1.0f + e;
+    const float e = simd::exp_f32(-std::fabs(z)), d = 1.0f + e;
     return z >= 0.0f ? 1.0f / d : e / d;
 }
 template <class A> DSV4_INLINE simd::vf32<A> sigmoid_vec(simd::vf32<A> z) noexcept {
     using vf = simd::vf32<A>;
-    const vf e = exp_vec<A>(-xsimd::abs(z)), d = vf(1.0f) + e;
+    const vf e = simd::exp_f32(-xsimd::abs(z)), d = vf(1.0f) + e;
     return xsimd::select(z >= vf(0.0f), vf(1.0f) / d, e / d);
 }
 
@@ -94,10 +51,7 @@ template <class A> DSV4_INLINE void sinkhorn4(simd::m44<A>& c, int iters, float 
     constexpr int P = M::parts;
     const part e(eps);
     M s = simd::row_max4(c);
-    for (int i = 0; i < P; ++i) {
-        if constexpr (simd::is_scalar<A>) c.p[i] = exp_f32(c.p[i] - s.p[i]);
-        else c.p[i] = exp_vec<A>(c.p[i] - s.p[i]);
-    }
+    for (int i = 0; i < P; ++i) c.p[i] = simd::exp_f32(c.p[i] - s.p[i]);
     s = simd::row_sum4(c);
     for (int i = 0; i < P; ++i) c.p[i] = c.p[i] / s.p[i] + e;
     s = simd::col_sum4(c);
@@ -131,8 +85,8 @@ void hc_norm_rows(const uint16_t* h, std::size_t h_stride, std::size_t width, st
                 const vf x1 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + i + W));
                 x0.store_unaligned(out + i);
                 x1.store_unaligned(out + i + W);
-                a0 = simd::fmadd<Arch>(x0, x0, a0);  // squares of bf16 values are exact in f32
-                a1 = simd::fmadd<Arch>(x1, x1, a1);
+                a0 = simd::fmadd(x0, x0, a0);  // squares of bf16 values are exact in f32
+                a1 = simd::fmadd(x1, x1, a1);
             }
             ss = xsimd::hadd(a0 + a1);
         }
@@ -163,8 +117,8 @@ void hc_split_rows(const float* dot, const float* rms, std::size_t tokens, const
         float* po = post + 4 * t;
         if constexpr (simd::is_scalar<Arch>) {
             for (int j = 0; j < 4; ++j) {
-                pr[j] = hc_detail::sigmoid_f32(simd::no_fma(mix[j] * scale[0]) + base[j]) + eps;
-                po[j] = 2.0f * hc_detail::sigmoid_f32(simd::no_fma(mix[4 + j] * scale[1]) + base[4 + j]);
+                pr[j] = hc_detail::sigmoid_f32(simd::rounded(mix[j] * scale[0]) + base[j]) + eps;
+                po[j] = 2.0f * hc_detail::sigmoid_f32(simd::rounded(mix[4 + j] * scale[1]) + base[4 + j]);
             }
         } else {
             // pre and post in one vector (lanes 0-3, 4-7); the AVX-512 lanes 8-15 are unused
@@ -172,7 +126,7 @@ void hc_split_rows(const float* dot, const float* rms, std::size_t tokens, const
             constexpr std::size_t W = simd::lanes<Arch>();
             alignas(64) float sc[W], a[W], b[W];
             for (std::size_t i = 0; i < W; ++i) sc[i] = scale[i < 4 ? 0 : (i < 8 ? 1 : 2)];
-            const vf s = hc_detail::sigmoid_vec<Arch>(simd::no_fma<Arch>(vf::load_aligned(mix) * vf::load_aligned(sc)) +
+            const vf s = hc_detail::sigmoid_vec<Arch>(simd::rounded(vf::load_aligned(mix) * vf::load_aligned(sc)) +
                                                       vf::load_unaligned(base));
             (s + vf(eps)).store_aligned(a);
             (s * vf(2.0f)).store_aligned(b);
@@ -185,10 +139,7 @@ void hc_split_rows(const float* dot, const float* rms, std::size_t tokens, const
         M c = simd::m44_load<Arch>(mix + 8);
         const M bc = simd::m44_load<Arch>(base + 8);
         const typename M::part s2(scale[2]);
-        for (int i = 0; i < M::parts; ++i) {
-            if constexpr (simd::is_scalar<Arch>) c.p[i] = simd::no_fma(c.p[i] * s2) + bc.p[i];
-            else c.p[i] = simd::no_fma<Arch>(c.p[i] * s2) + bc.p[i];
-        }
+        for (int i = 0; i < M::parts; ++i) c.p[i] = simd::rounded(c.p[i] * s2) + bc.p[i];
         hc_detail::sinkhorn4<Arch>(c, iters, eps);
         simd::m44_store<Arch>(c, comb + 16 * t);
     }
@@ -203,7 +154,7 @@ void hc_head_pre_rows(const float* dot, const float* rms, std::size_t tokens, fl
         for (std::size_t j = 0; j < 4; ++j) {
             const float m = dot[4 * t + j] * rms[t];
             if (mix_out) mix_out[4 * t + j] = m;
-            pre[4 * t + j] = hc_detail::sigmoid_f32(simd::no_fma(m * scale) + base[j]) + eps;
+            pre[4 * t + j] = hc_detail::sigmoid_f32(simd::rounded(m * scale) + base[j]) + eps;
         }
 }
 
@@ -222,9 +173,9 @@ void hc_combine_rows(const uint16_t* h, std::size_t h_stride, std::size_t dim, s
             const vf p0(p[0]), p1(p[1]), p2(p[2]), p3(p[3]);
             for (; i + W <= dim; i += W) {
                 vf acc = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + i)) * p0;
-                acc = simd::fmadd<Arch>(vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + dim + i)), p1, acc);
-                acc = simd::fmadd<Arch>(vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + 2 * dim + i)), p2, acc);
-                acc = simd::fmadd<Arch>(vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + 3 * dim + i)), p3, acc);
+                acc = simd::fmadd(vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + dim + i)), p1, acc);
+                acc = simd::fmadd(vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + 2 * dim + i)), p2, acc);
+                acc = simd::fmadd(vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + 3 * dim + i)), p3, acc);
                 simd::store_i32_as_u16(Arch{}, vec::f32_to_bf16<Arch>(acc), out + i);
             }
         }
@@ -261,7 +212,7 @@ void hc_post_rows(const uint16_t* y, std::size_t y_stride, const uint16_t* h, st
                     hv[j] = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, x + j * dim + i));
                 for (std::size_t k = 0; k < 4; ++k) {
                     vf acc = yv * vf(po[k]);
-                    for (std::size_t j = 0; j < 4; ++j) acc = simd::fmadd<Arch>(hv[j], vf(c[4 * j + k]), acc);
+                    for (std::size_t j = 0; j < 4; ++j) acc = simd::fmadd(hv[j], vf(c[4 * j + k]), acc);
                     simd::store_i32_as_u16(Arch{}, vec::f32_to_bf16<Arch>(acc), o + k * dim + i);
                 }
             }

@@ -11,7 +11,7 @@
 // the scalar one: the Sinkhorn gives identical results on every tier.
 #pragma once
 
-#include "vec.hpp"
+#include "fmath.hpp"
 
 #include <algorithm>
 
@@ -19,29 +19,10 @@ namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace simd {
 
-/// v unchanged, but opaque to the optimiser: a product passed through it is rounded on its
-/// own and never fused with the following addition into an FMA (GCC contracts a*b+c by
-/// default, so would the AVX tiers but not the scalar one). Used where the reference rounds
-/// twice, f32(f32(a*b) + c), and every tier must give the same bits.
-DSV4_INLINE float no_fma(float v) noexcept {
-#if DSV4_X86
-    __asm__("" : "+x"(v));
-#endif
-    return v;
-}
-template <class A> requires(!is_scalar<A>) DSV4_INLINE vf32<A> no_fma(vf32<A> v) noexcept {
-    typename vf32<A>::register_type r = v;
-    __asm__("" : "+x"(r));
-    return r;
-}
-
-template <class A, bool S = is_scalar<A>> struct m44_part { using type = vf32<A>; };
-template <class A> struct m44_part<A, true> { using type = float; };
-
 template <class A> struct m44 {
     static constexpr int parts = is_scalar<A> ? 16 : (is_avx512<A> ? 1 : 2);
     static constexpr int width = 16 / parts;  ///< floats per part
-    using part = typename m44_part<A>::type;
+    using part = freg<A>;                     ///< float on the scalar tier, else one vector
     part p[parts];
 };
 

@@ -67,18 +67,6 @@ DSV4_INLINE vf32<A> select_f(xsimd::batch_bool<int32_t, xarch<A>> c, vf32<A> a, 
     return xsimd::bitwise_cast<vf32<A>>(select_i<A>(c, xsimd::bitwise_cast<vi32<A>>(a), xsimd::bitwise_cast<vi32<A>>(b)));
 }
 
-/// a*b + c with a single rounding on every vector tier. xsimd 8.1 has no AVX-512 fma: its
-/// xsimd::fma on avx512 batches is the generic a*b + c, fused only if the compiler contracts
-/// (not with -ffp-contract=off, which GCC implies for -std=c++20), and when c is itself a
-/// product the compiler may fuse either multiplication.
-template <class A> DSV4_INLINE vf32<A> fmadd(vf32<A> a, vf32<A> b, vf32<A> c) noexcept {
-#if defined(__AVX512F__)
-    if constexpr (is_avx512<A>) return _mm512_fmadd_ps(a, b, c);
-    else
-#endif
-        return xsimd::fma(a, b, c);
-}
-
 #if defined(__AVX2__)
 // ------------------------------------------------------------------ AVX2 (ymm, 8 lanes)
 DSV4_INLINE vi32<arch::avx2> load_u8_as_i32(arch::avx2, const uint8_t* p) noexcept {
