@@ -3,8 +3,10 @@
 // T = 1 (decode) and 64 (a prefill chunk); mhc/<tier>/hc_post/T<tokens>/t<threads>.
 // fn is cold: one copy per layer-ish, rotated through enough copies (bench::cold_copies) that
 // the model's 86 distinct hc fn tensors are mimicked (each decode step reads them from DRAM).
-// Counters: bytes_per_second = fn bytes + stream bytes, bw_frac against memory/stream_read,
-// tokens/s. Like moe/, the layer runs on the active tier (DSV4_ISA selects it).
+// Counters: bytes_per_second = fn bytes + stream bytes, bw_frac over the streaming read of
+// the same fn copies just before and after the timed loop (the better), cpu_bw_frac (the same
+// per CPU-second the process received, see bench_moe.cpp), tokens/s. Like moe/,
+// the layer runs on the active tier (DSV4_ISA selects it).
 #include "bench_common.hpp"
 
 #include <dsv4/mhc.hpp>
@@ -12,6 +14,16 @@
 #include <random>
 
 namespace {
+
+/// Streaming-read ceiling of bufs (bench::stream_read_bps, 3 passes) in wall-clock bytes/s,
+/// and the same bytes per CPU-second this process spent on it.
+std::pair<double, double> ceilings(const std::vector<std::pair<const unsigned char*, std::size_t>>& bufs, int threads) {
+    double total = 0;
+    for (const auto& b : bufs) total += double(b.second);
+    const double c0 = bench::process_cpu_seconds();
+    const double wall = bench::stream_read_bps(bufs, threads);
+    return {wall, 3.0 * total / (bench::process_cpu_seconds() - c0)};
+}
 
 constexpr std::size_t D = 4096, W = 4 * D, NM = 24;
 
@@ -37,18 +49,28 @@ void bm_hc_pre(benchmark::State& st, std::size_t T, int threads) {
     const dsv4::hc_config cfg{D, 20};
     std::vector<unsigned char> scratch(dsv4::bytes_needed(cfg, T));
     const dsv4::hc_scratch sc{scratch.data(), scratch.size()};
-    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
-    std::size_t it = 0;
-    for (auto _ : st) {
-        const dsv4::hc_pre_weights w{reinterpret_cast<const float*>(fns[it++ % copies].data()), scale.data(), base.data()};
-        const dsv4::hc_pre_out out{y.data(), post.data(), comb.data()};
-        if (threads > 1) dsv4::par::hc_pre(cfg, w, H.data(), T, out, sc);
-        else dsv4::hc_pre(cfg, w, H.data(), T, out, sc);
-        benchmark::DoNotOptimize(y.data());
+    std::vector<std::pair<const unsigned char*, std::size_t>> bufs;
+    for (const auto& f : fns) bufs.emplace_back(f.data(), fn_bytes);
+    const auto before = ceilings(bufs, threads);
+    const double cpu0 = bench::process_cpu_seconds();
+    {
+        tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+        std::size_t it = 0;
+        for (auto _ : st) {
+            const dsv4::hc_pre_weights w{reinterpret_cast<const float*>(fns[it++ % copies].data()), scale.data(),
+                                         base.data()};
+            const dsv4::hc_pre_out out{y.data(), post.data(), comb.data()};
+            if (threads > 1) dsv4::par::hc_pre(cfg, w, H.data(), T, out, sc);
+            else dsv4::hc_pre(cfg, w, H.data(), T, out, sc);
+            benchmark::DoNotOptimize(y.data());
+        }
     }
+    const double cpu = bench::process_cpu_seconds() - cpu0;
+    const auto after = ceilings(bufs, threads);
     const double bytes = double(fn_bytes + T * W * 2);
     const double flops = double(T) * (2.0 * NM * W + 2.0 * W);
-    bench::set_rate_counters(st, bytes, flops, bench::stream_read_bps(std::size_t(64) << 20, threads));
+    bench::set_rate_counters(st, bytes, flops, std::max(before.first, after.first));
+    st.counters["cpu_bw_frac"] = bytes * double(st.iterations()) / cpu / std::max(before.second, after.second);
     st.counters["tokens/s"] = benchmark::Counter(double(T) * double(st.iterations()), benchmark::Counter::kIsRate);
 }
 

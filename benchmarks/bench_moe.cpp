@@ -12,9 +12,14 @@
 //    active expert has its own weights (with all 256 experts, 64 sets could not keep each read
 //    cold), so each expert sees ~3x the tokens it would with 256 (T=64: ~6 instead of ~2).
 // Counters: bytes_per_second = weight bytes streamed (gate + active experts + shared, scales
-// included), bw_frac against memory/stream_read at 64 MiB with the same thread count,
-// tokens/s. The layer dispatches through the active tier: DSV4_ISA selects it (all tiers
-// are compiled in); without it the best tier runs.
+// included), bw_frac over this binary's streaming read of the very same weight buffers with
+// the same thread count, taken just before and just after the timed loop (the better of the
+// two, as bench_gemv does), tokens/s, and cpu_GB/s = weight bytes per CPU-second the process
+// received, and cpu_bw_frac = that over the streaming read's bytes per CPU-second on the same
+// buffers (on a shared machine the wall-clock rows also measure the neighbours' share of the
+// cores; the CPU-time ones do not, though memory-bus contention still counts). The layer
+// dispatches through the active tier: DSV4_ISA selects it (all tiers are compiled in);
+// without it the best tier runs.
 #include "bench_common.hpp"
 
 #include <dsv4/moe.hpp>
@@ -22,6 +27,16 @@
 #include <random>
 
 namespace {
+
+/// Streaming-read ceiling of bufs (bench::stream_read_bps, 3 passes) in wall-clock bytes/s,
+/// and the same bytes per CPU-second this process spent on it.
+std::pair<double, double> ceilings(const std::vector<std::pair<const unsigned char*, std::size_t>>& bufs, int threads) {
+    double total = 0;
+    for (const auto& b : bufs) total += double(b.second);
+    const double c0 = bench::process_cpu_seconds();
+    const double wall = bench::stream_read_bps(bufs, threads);
+    return {wall, 3.0 * total / (bench::process_cpu_seconds() - c0)};
+}
 
 constexpr std::size_t D = 4096, I = 2048, E = 256, K = 6, n_sets = 64, n_copies = 4;
 
@@ -87,6 +102,19 @@ private:
     }
 };
 
+/// Every buffer a benchmark rotates through (for the streaming-read ceiling on the same bytes).
+std::vector<std::pair<const unsigned char*, std::size_t>> used_buffers(std::size_t sets) {
+    auto& s = weights_store::get();
+    std::vector<std::pair<const unsigned char*, std::size_t>> out;
+    for (std::size_t k = 0; k < sets; ++k)
+        for (const auto* v : {&s.w1, &s.w3, &s.w2, &s.s1, &s.s3, &s.s2}) out.emplace_back((*v)[k].data(), (*v)[k].size);
+    for (std::size_t c = 0; c < n_copies; ++c) {
+        for (const auto* v : {&s.sw1, &s.sw3, &s.sw2, &s.ss1, &s.ss3, &s.ss2}) out.emplace_back((*v)[c].data(), (*v)[c].size);
+        out.emplace_back(s.gate[c].data(), s.gate[c].size);
+    }
+    return out;
+}
+
 /// Expert views with expert j on set (j + rot) % sets.
 std::vector<dsv4::moe_expert_weights> expert_table(std::size_t rot, std::size_t sets) {
     auto& s = weights_store::get();
@@ -136,19 +164,28 @@ void bm_moe(benchmark::State& st, std::size_t T, dsv4::moe_numerics num, int thr
         for (bool u : used) active += u;
     }
     std::vector<uint16_t> y(T * D);
-    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
-    std::size_t it = 0;
-    for (auto _ : st) {
-        const auto w = layer_weights(tables[it % n_rot].data(), it % n_copies, bias);
-        if (threads > 1) dsv4::par::moe_forward(c, w, s.x.data(), D, nullptr, T, y.data(), D, sc);
-        else dsv4::moe_forward(c, w, s.x.data(), D, nullptr, T, y.data(), D, sc);
-        benchmark::DoNotOptimize(y.data());
-        ++it;
+    const auto bufs = used_buffers(decode ? 16 : n_sets);
+    const auto before = ceilings(bufs, threads);
+    const double cpu0 = bench::process_cpu_seconds();
+    {
+        tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+        std::size_t it = 0;
+        for (auto _ : st) {
+            const auto w = layer_weights(tables[it % n_rot].data(), it % n_copies, bias);
+            if (threads > 1) dsv4::par::moe_forward(c, w, s.x.data(), D, nullptr, T, y.data(), D, sc);
+            else dsv4::moe_forward(c, w, s.x.data(), D, nullptr, T, y.data(), D, sc);
+            benchmark::DoNotOptimize(y.data());
+            ++it;
+        }
     }
+    const double cpu = bench::process_cpu_seconds() - cpu0;
+    const auto after = ceilings(bufs, threads);
     const double bytes = double(weights_store::gate_bytes() + active * weights_store::expert_bytes() +
                                 weights_store::shared_bytes());
     const double flops = 2.0 * double(T) * (double(E) * D + double(K) * 3 * I * D + 3.0 * I * D);
-    bench::set_rate_counters(st, bytes, flops, bench::stream_read_bps(std::size_t(64) << 20, threads));
+    bench::set_rate_counters(st, bytes, flops, std::max(before.first, after.first));
+    st.counters["cpu_GB/s"] = bytes * double(st.iterations()) / cpu * 1e-9;
+    st.counters["cpu_bw_frac"] = bytes * double(st.iterations()) / cpu / std::max(before.second, after.second);
     st.counters["tokens/s"] = benchmark::Counter(double(T) * double(st.iterations()), benchmark::Counter::kIsRate);
     st.counters["experts"] = double(active);
 }
