@@ -215,6 +215,11 @@ inline void set_flops_counters(benchmark::State& st, double flops_per_iter, doub
     st.counters["peak_GFLOP/s"] = peak_flops * 1e-9;
 }
 
+/// A counter of microseconds per item, `items` items per iteration (wall time).
+inline benchmark::Counter us_per(double items) {
+    return benchmark::Counter(items * 1e-6, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
 /// Sets bytes/s, GFLOP/s and bw_frac (achieved bytes/s over the streaming ceiling).
 inline void set_rate_counters(benchmark::State& st, double bytes_per_iter, double flops_per_iter,
                               double ceiling_bps) {

@@ -13,9 +13,13 @@
 #include "moe_kernels.hpp"
 #include "quant.hpp"
 #include "kernels/attention.hpp"
+#include "kernels/compressor.hpp"
+#include "kernels/hadamard.hpp"
+#include "kernels/indexer.hpp"
 #include "kernels/norm.hpp"
 #include "kernels/peak.hpp"
 #include "kernels/rope.hpp"
+#include "kernels/topk.hpp"
 
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
@@ -50,6 +54,10 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.rope_rows = &kernels::rope_rows<Arch>;
     t.sparse_attention_rows = &kernels::sparse_attention_rows<Arch>;
     t.fma_peak = &kernels::fma_peak<Arch>;
+    t.hadamard_row = &kernels::hadamard_row<Arch>;
+    t.compressor_pool_row = &kernels::compressor_pool_row<Arch>;
+    t.indexer_scores_rows = &kernels::indexer_scores_rows<Arch>;
+    t.topk_row = &kernels::topk_row<Arch>;
     t.hc_norm_rows = &kernels::hc_norm_rows<Arch>;
     t.hc_split_rows = &kernels::hc_split_rows<Arch>;
     t.hc_head_pre_rows = &kernels::hc_head_pre_rows<Arch>;

@@ -3,7 +3,11 @@
 
 #include "attention.hpp"
 #include "codec.hpp"
+#include "compressor.hpp"
+#include "executor.hpp"
 #include "gemv.hpp"
+#include "hadamard.hpp"
+#include "indexer.hpp"
 #include "mhc.hpp"
 #include "moe.hpp"
 #include "parallel.hpp"
@@ -11,3 +15,4 @@
 #include "isa.hpp"
 #include "norm.hpp"
 #include "rope.hpp"
+#include "topk.hpp"

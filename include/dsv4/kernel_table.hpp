@@ -11,6 +11,9 @@ namespace dsv4 {
 
 enum class fp8_sim_revision : int;
 struct sparse_attention_args;
+struct compressor_pool_group;
+struct indexer_score_args;
+enum class topk_order : int;
 
 struct kernel_table {
     /// The tier this table's code was compiled for, as seen by the preprocessor inside
@@ -54,6 +57,12 @@ struct kernel_table {
                                   float*) noexcept;
     // compute ceiling (kernels/peak.hpp)
     uint64_t (*fma_peak)(uint64_t, float*) noexcept;
+    // Hadamard (kernels/hadamard.hpp), compressor pooling (kernels/compressor.hpp), indexer
+    // scores (kernels/indexer.hpp), top-k (kernels/topk.hpp)
+    void (*hadamard_row)(uint16_t*, std::size_t) noexcept;
+    void (*compressor_pool_row)(const compressor_pool_group&, const compressor_pool_group&, std::size_t, float*) noexcept;
+    void (*indexer_scores_rows)(const indexer_score_args&, std::size_t, std::size_t, float*) noexcept;
+    void (*topk_row)(const float*, std::size_t, std::size_t, topk_order, int32_t*, uint32_t*) noexcept;
 
     // mhc (mhc_kernels.hpp): token-batched
     void (*hc_norm_rows)(const uint16_t*, std::size_t, std::size_t, std::size_t, float, float*, std::size_t,
