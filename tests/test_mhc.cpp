@@ -386,6 +386,35 @@ TEST_CASE("mhc: results do not depend on the token split or on threads") {
     CHECK(a.y == b.y);
     CHECK(std::memcmp(a.comb.data(), b.comb.data(), a.comb.size() * 4) == 0);
     CHECK(std::memcmp(a.post.data(), b.post.data(), a.post.size() * 4) == 0);
+    // a foreign executor (ranges of 5, back to front), for 3 tokens and for 9
+    auto odd_pool = [](std::size_t n, std::size_t, auto&& f) {
+        for (std::size_t a = (n + 4) / 5 * 5; a > 0; a -= 5)
+            if (a - 5 < n) f(a - 5, std::min(n, a));
+    };
+    {
+        const dsv4::hc_config cfg{c.d, c.iters};
+        std::vector<unsigned char> scratch(dsv4::bytes_needed(cfg, c.T));
+        std::vector<uint16_t> y(c.T * c.d);
+        std::vector<float> post(4 * c.T), comb(16 * c.T);
+        dsv4::hc_pre_on(odd_pool, cfg, {c.fn.data(), c.scale.data(), c.base.data()}, c.H.data(), c.T,
+                        {y.data(), post.data(), comb.data()}, {scratch.data(), scratch.size()});
+        CHECK(y == a.y);
+        CHECK(std::memcmp(comb.data(), a.comb.data(), comb.size() * 4) == 0);
+        hc_case nine = c;  // 9 tokens: the token-block path
+        nine.T = 9;
+        for (std::size_t t = 3; t < 9; ++t)
+            nine.H.insert(nine.H.end(), c.H.begin() + std::ptrdiff_t((t % 3) * 4 * c.d),
+                          c.H.begin() + std::ptrdiff_t((t % 3 + 1) * 4 * c.d));
+        const auto r9 = run_hc_pre(nine, true);
+        std::vector<unsigned char> s9(dsv4::bytes_needed(cfg, 9));
+        std::vector<uint16_t> y9(9 * c.d);
+        std::vector<float> p9(36), c9(144);
+        dsv4::hc_pre_on(odd_pool, cfg, {c.fn.data(), c.scale.data(), c.base.data()}, nine.H.data(), 9,
+                        {y9.data(), p9.data(), c9.data()}, {s9.data(), s9.size()});
+        CHECK(y9 == r9.y);
+        CHECK(std::equal(r9.y.begin(), r9.y.begin() + std::ptrdiff_t(3 * c.d), a.y.begin()));
+        CHECK(std::memcmp(c9.data(), r9.comb.data(), c9.size() * 4) == 0);
+    }
     // token by token, each with its own one-token scratch
     for (std::size_t t = 0; t < c.T; ++t) {
         hc_case one = c;

@@ -447,6 +447,16 @@ TEST_CASE("moe: decode, chunked prefill, threads and foreign-pool phase splits g
         for (std::size_t u = dsv4::moe_up_units(r); u-- > 0;) dsv4::moe_up(r, u, u + 1);
         for (std::size_t r0 = 0; r0 < mc.D; r0 += 37) dsv4::moe_down(r, r0, std::min(mc.D, r0 + 37));
         CHECK(y == whole);
+        // a foreign executor: ranges of 3 items, run back to front
+        auto odd_pool = [](std::size_t n, std::size_t, auto&& f) {
+            for (std::size_t a = (n + 2) / 3 * 3; a > 0; a -= 3) {
+                const std::size_t lo = a - 3;
+                if (lo < n) f(lo, std::min(n, a));
+            }
+        };
+        std::vector<uint16_t> y2(mc.T * mc.D);
+        dsv4::moe_forward_on(odd_pool, c, w, mc.x.data(), mc.D, nullptr, mc.T, y2.data(), mc.D, sb.s);
+        CHECK(y2 == whole);
         // y may be x itself
         std::vector<uint16_t> xy = mc.x;
         scratch_buf sb2(c, 64);

@@ -16,13 +16,15 @@
 // may share one scratch. Every entry point takes a token range [t0, t1) (default all):
 // any thread pool can split by tokens. The stages of hc_pre (hc_pre_norm, hc_pre_mix,
 // hc_pre_split) are public too, so a pool can also split the 24 mix rows of one token
-// (decode); dsv4::par::hc_pre does exactly that with oneTBB.
+// (decode); hc_pre_on(ex, ...) does exactly that through an executor (executor.hpp), and
+// dsv4::par::hc_pre with oneTBB.
 //
 // Numerics (tests/test_mhc.cpp, README): f32 throughout; exp is dsv4's own (<= 2 ulp, the
 // same bits on every tier); the mix dot products are f32 GEMV sums (error <= K 2^-24
 // sum|v fn|, K = 4 dim); Sinkhorn sums in a fixed pairing (identical on every tier).
 #pragma once
 
+#include "executor.hpp"
 #include "mhc_kernels.hpp"
 #include "parallel.hpp"
 
@@ -186,29 +188,46 @@ inline void hc_head(const hc_config& c, const hc_head_weights& w, const uint16_t
     }
 }
 
-namespace par {
-
-/// hc_pre with oneTBB. Up to 7 tokens (decode): norm per token, the mix dot products split by
-/// mix rows (so one token uses every thread), split + combine per token. From 8 tokens on:
-/// whole hc_pre per block of 4 tokens. Same bits as hc_pre either way.
-inline void hc_pre(const hc_config& c, const hc_pre_weights& w, const uint16_t* H, std::size_t tokens,
-                   const hc_pre_out& out, const hc_scratch& s) {
+/// hc_pre with its work run through an executor (executor.hpp). Up to 7 tokens (decode):
+/// norm per token, the mix dot products split by mix rows (so one token uses every thread),
+/// split + combine per token. From 8 tokens on: whole hc_pre per block of 4 tokens. Same bits
+/// as hc_pre whatever the executor.
+template <class Exec>
+void hc_pre_on(Exec&& ex, const hc_config& c, const hc_pre_weights& w, const uint16_t* H, std::size_t tokens,
+               const hc_pre_out& out, const hc_scratch& s) {
     if (tokens == 0) return;
     if (tokens >= 8) {
-        for_rows(tokens, kernels::gemv_m_tile, [&](std::size_t a, std::size_t b) { dsv4::hc_pre(c, w, H, tokens, out, s, a, b); });
+        ex(tokens, kernels::gemv_m_tile, [&](std::size_t a, std::size_t b) { hc_pre(c, w, H, tokens, out, s, a, b); });
         return;
     }
-    for_rows(tokens, 1, [&](std::size_t a, std::size_t b) { dsv4::hc_pre_norm(c, H, tokens, s, a, b); });
-    for_rows(hc_mixes, 6, [&](std::size_t a, std::size_t b) { dsv4::hc_pre_mix(c, w, tokens, s, a, b); });
-    for_rows(tokens, 1, [&](std::size_t a, std::size_t b) { dsv4::hc_pre_split(c, w, H, tokens, out, s, a, b); });
+    ex(tokens, 1, [&](std::size_t a, std::size_t b) { hc_pre_norm(c, H, tokens, s, a, b); });
+    ex(hc_mixes, 6, [&](std::size_t a, std::size_t b) { hc_pre_mix(c, w, tokens, s, a, b); });
+    ex(tokens, 1, [&](std::size_t a, std::size_t b) { hc_pre_split(c, w, H, tokens, out, s, a, b); });
+}
+template <class Exec>
+void hc_post_on(Exec&& ex, const hc_config& c, const uint16_t* y, const uint16_t* H, const float* post,
+                const float* comb, std::size_t tokens, uint16_t* out) {
+    ex(tokens, 1, [&](std::size_t a, std::size_t b) { hc_post(c, y, H, post, comb, tokens, out, a, b); });
+}
+template <class Exec>
+void hc_head_on(Exec&& ex, const hc_config& c, const hc_head_weights& w, const uint16_t* H, std::size_t tokens,
+                const hc_head_out& out, const hc_scratch& s) {
+    ex(tokens, 1, [&](std::size_t a, std::size_t b) { hc_head(c, w, H, tokens, out, s, a, b); });
+}
+
+namespace par {
+
+inline void hc_pre(const hc_config& c, const hc_pre_weights& w, const uint16_t* H, std::size_t tokens,
+                   const hc_pre_out& out, const hc_scratch& s) {
+    hc_pre_on(tbb_executor{}, c, w, H, tokens, out, s);
 }
 inline void hc_post(const hc_config& c, const uint16_t* y, const uint16_t* H, const float* post, const float* comb,
                     std::size_t tokens, uint16_t* out) {
-    for_rows(tokens, 1, [&](std::size_t a, std::size_t b) { dsv4::hc_post(c, y, H, post, comb, tokens, out, a, b); });
+    hc_post_on(tbb_executor{}, c, y, H, post, comb, tokens, out);
 }
 inline void hc_head(const hc_config& c, const hc_head_weights& w, const uint16_t* H, std::size_t tokens,
                     const hc_head_out& out, const hc_scratch& s) {
-    for_rows(tokens, 1, [&](std::size_t a, std::size_t b) { dsv4::hc_head(c, w, H, tokens, out, s, a, b); });
+    hc_head_on(tbb_executor{}, c, w, H, tokens, out, s);
 }
 
 }  // namespace par

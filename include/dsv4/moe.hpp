@@ -37,11 +37,13 @@
 //                                  id), the shared w2, and the combine of those columns
 // Decode (T = 1) is the same path with the 6 selected experts + the shared one and no gather.
 // In prefill each expert's weights stream from memory once per chunk (its tokens form one
-// GEMM of M = n_e rows, tiled by gemv_m_tile in L1). moe_forward runs the phases in order;
-// dsv4::par::moe_forward runs them with oneTBB; any other pool can call the phases itself.
+// GEMM of M = n_e rows, tiled by gemv_m_tile in L1). moe_forward_on(ex, ...) runs the phases
+// through an executor (executor.hpp); moe_forward is the serial one, dsv4::par::moe_forward
+// the oneTBB one; a pool can also call the phases itself.
 // Results are bit-identical whatever the chunking, the threads or the split of work items.
 #pragma once
 
+#include "executor.hpp"
 #include "moe_kernels.hpp"
 #include "parallel.hpp"
 
@@ -577,21 +579,35 @@ inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_
     }
 }
 
-/// The MoE layer (spec §8) for T tokens, single-threaded, in chunks of scratch.max_tokens.
-inline void moe_forward(const moe_config& c, const moe_weights& w, const uint16_t* x, std::size_t x_stride,
-                        const int64_t* token_ids, std::size_t tokens, uint16_t* y, std::size_t y_stride,
-                        const moe_scratch& s) {
+/// Work items per call of phase 1 (experts) and phase 5 (rows of dim).
+inline constexpr std::size_t moe_gate_grain = 16;
+inline constexpr std::size_t moe_down_grain = 64;
+
+/// The MoE layer (spec §8) for T tokens, in chunks of scratch.max_tokens, with the phases'
+/// work items run through an executor (executor.hpp: serial_executor, par::tbb_executor or a
+/// foreign pool's). Same bits whatever the executor.
+template <class Exec>
+void moe_forward_on(Exec&& ex, const moe_config& c, const moe_weights& w, const uint16_t* x, std::size_t x_stride,
+                    const int64_t* token_ids, std::size_t tokens, uint16_t* y, std::size_t y_stride,
+                    const moe_scratch& s) {
     detail::require(s.max_tokens >= 1, "moe_forward", "scratch.max_tokens must be >= 1");
     for (std::size_t t0 = 0; t0 < tokens; t0 += s.max_tokens) {
         const std::size_t n = std::min(tokens - t0, s.max_tokens);
         moe_run r = moe_begin(c, w, x + t0 * x_stride, x_stride, token_ids ? token_ids + t0 : nullptr, n,
                               y + t0 * y_stride, y_stride, s);
-        moe_gate_rows(r);
+        ex(c.n_experts, moe_gate_grain, [&](std::size_t a, std::size_t b) { moe_gate_rows(r, a, b); });
         moe_route(r);
-        moe_prepare(r);
-        moe_up(r);
-        moe_down(r);
+        ex(n, 1, [&](std::size_t a, std::size_t b) { moe_prepare(r, a, b); });
+        ex(moe_up_units(r), 1, [&](std::size_t a, std::size_t b) { moe_up(r, a, b); });
+        ex(c.dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b); });
     }
+}
+
+/// The MoE layer (spec §8) for T tokens on the calling thread.
+inline void moe_forward(const moe_config& c, const moe_weights& w, const uint16_t* x, std::size_t x_stride,
+                        const int64_t* token_ids, std::size_t tokens, uint16_t* y, std::size_t y_stride,
+                        const moe_scratch& s) {
+    moe_forward_on(serial_executor{}, c, w, x, x_stride, token_ids, tokens, y, y_stride, s);
 }
 
 /// Gate and routing only (spec §8.1) for T tokens: idx (ascending), weights, optional scores.
@@ -616,26 +632,12 @@ inline void moe_route_tokens(const moe_config& c, const moe_gate_weights& g, con
 
 namespace par {
 
-/// Grain of phase 5 (rows of dim per task) and of phase 1 (experts per task).
-inline constexpr std::size_t moe_down_grain = 64;
-inline constexpr std::size_t moe_gate_grain = 16;
-
-/// moe_forward with oneTBB: phases 1, 3, 4 and 5 in parallel (phase 2 is serial). Same
-/// bits as dsv4::moe_forward.
+/// moe_forward with oneTBB: phases 1, 3, 4 and 5 in parallel (phase 2 is serial). Same bits
+/// as dsv4::moe_forward.
 inline void moe_forward(const moe_config& c, const moe_weights& w, const uint16_t* x, std::size_t x_stride,
                         const int64_t* token_ids, std::size_t tokens, uint16_t* y, std::size_t y_stride,
                         const moe_scratch& s) {
-    detail::require(s.max_tokens >= 1, "par::moe_forward", "scratch.max_tokens must be >= 1");
-    for (std::size_t t0 = 0; t0 < tokens; t0 += s.max_tokens) {
-        const std::size_t n = std::min(tokens - t0, s.max_tokens);
-        moe_run r = dsv4::moe_begin(c, w, x + t0 * x_stride, x_stride, token_ids ? token_ids + t0 : nullptr, n,
-                                    y + t0 * y_stride, y_stride, s);
-        for_rows(c.n_experts, moe_gate_grain, [&](std::size_t a, std::size_t b) { dsv4::moe_gate_rows(r, a, b); });
-        dsv4::moe_route(r);
-        for_rows(n, 1, [&](std::size_t a, std::size_t b) { dsv4::moe_prepare(r, a, b); });
-        for_rows(dsv4::moe_up_units(r), 1, [&](std::size_t a, std::size_t b) { dsv4::moe_up(r, a, b); });
-        for_rows(c.dim, moe_down_grain, [&](std::size_t a, std::size_t b) { dsv4::moe_down(r, a, b); });
-    }
+    moe_forward_on(tbb_executor{}, c, w, x, x_stride, token_ids, tokens, y, y_stride, s);
 }
 
 }  // namespace par
