@@ -9,6 +9,8 @@
 #include "kernel_table.hpp"
 #include "gemv_kernels.hpp"
 #include "memory.hpp"
+#include "mhc_kernels.hpp"
+#include "moe_kernels.hpp"
 #include "quant.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/compressor.hpp"
@@ -56,6 +58,13 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.compressor_pool_row = &kernels::compressor_pool_row<Arch>;
     t.indexer_scores_rows = &kernels::indexer_scores_rows<Arch>;
     t.topk_row = &kernels::topk_row<Arch>;
+    t.hc_norm_rows = &kernels::hc_norm_rows<Arch>;
+    t.hc_split_rows = &kernels::hc_split_rows<Arch>;
+    t.hc_head_pre_rows = &kernels::hc_head_pre_rows<Arch>;
+    t.hc_combine_rows = &kernels::hc_combine_rows<Arch>;
+    t.hc_post_rows = &kernels::hc_post_rows<Arch>;
+    t.moe_combine_rows = &kernels::moe_combine_rows<Arch>;
+    t.swiglu_bf16_row = &kernels::swiglu_bf16_row<Arch>;
     return t;
 }
 

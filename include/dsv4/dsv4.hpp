@@ -8,6 +8,8 @@
 #include "gemv.hpp"
 #include "hadamard.hpp"
 #include "indexer.hpp"
+#include "mhc.hpp"
+#include "moe.hpp"
 #include "parallel.hpp"
 #include "formats.hpp"
 #include "isa.hpp"

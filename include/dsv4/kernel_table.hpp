@@ -63,6 +63,22 @@ struct kernel_table {
     void (*compressor_pool_row)(const compressor_pool_group&, const compressor_pool_group&, std::size_t, float*) noexcept;
     void (*indexer_scores_rows)(const indexer_score_args&, std::size_t, std::size_t, float*) noexcept;
     void (*topk_row)(const float*, std::size_t, std::size_t, topk_order, int32_t*, uint32_t*) noexcept;
+
+    // mhc (mhc_kernels.hpp): token-batched
+    void (*hc_norm_rows)(const uint16_t*, std::size_t, std::size_t, std::size_t, float, float*, std::size_t,
+                         float*) noexcept;
+    void (*hc_split_rows)(const float*, const float*, std::size_t, const float*, const float*, int, float, float*,
+                          float*, float*, float*) noexcept;
+    void (*hc_head_pre_rows)(const float*, const float*, std::size_t, float, const float*, float, float*,
+                             float*) noexcept;
+    void (*hc_combine_rows)(const uint16_t*, std::size_t, std::size_t, std::size_t, const float*, uint16_t*,
+                            std::size_t) noexcept;
+    void (*hc_post_rows)(const uint16_t*, std::size_t, const uint16_t*, std::size_t, const float*, const float*,
+                         std::size_t, std::size_t, uint16_t*, std::size_t) noexcept;
+
+    // moe (moe_kernels.hpp)
+    void (*moe_combine_rows)(const uint16_t* const*, std::size_t, std::size_t, uint16_t*) noexcept;
+    void (*swiglu_bf16_row)(const uint16_t*, const uint16_t*, std::size_t, float, uint16_t*) noexcept;
 };
 
 namespace detail {
