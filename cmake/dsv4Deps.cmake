@@ -2,6 +2,8 @@
 include(CMakeFindDependencyMacro)
 find_dependency(xsimd)
 find_dependency(TBB)
+# JSON of safetensors headers, model.safetensors.index.json and config.json (loader).
+find_dependency(nlohmann_json 3.10)
 # Debian's xsimd 8.1 package links an `xtl` target; without xtl-dev installed that
 # becomes `-lxtl` and the link fails. dsv4 does not use xtl: drop the link if absent.
 if(TARGET xsimd AND NOT TARGET xtl)

@@ -9,6 +9,8 @@ packages=(
   libtbb-dev                                    # oneTBB: the thread-pool wrappers
   libbenchmark-dev                              # Google Benchmark: dsv4-bench
   doctest-dev                                   # tests
+  nlohmann-json3-dev                            # JSON of checkpoints (safetensors headers, index, config.json)
+  libclang-rt-14-dev                            # libFuzzer + sanitizer runtimes (scripts/fuzz.sh)
   python3 python3-numpy                         # reference/ and the goldens
 )
 

@@ -16,3 +16,5 @@
 #include "norm.hpp"
 #include "rope.hpp"
 #include "topk.hpp"
+#include "model_config.hpp"
+#include "safetensors.hpp"
