@@ -233,6 +233,17 @@ TEST_CASE("forward: diagnostics of the last position against the reference (repo
             std::snprintf(buf, sizeof buf, " L%zu %.2e", l, rel_rms(a.data(), b.data(), W));
             line += buf;
         }
-        MESSAGE(std::string(name) << ": residual rel RMS per layer:" << line);
+        const auto index_idx = g.get<int32_t>("index_idx");
+        const std::size_t K = m.config().num_experts_per_tok, KI = m.config().index_topk;
+        std::string flips;
+        for (std::size_t l = 0; l < L; ++l) {
+            if (!std::equal(d.moe_idx.begin() + long(l * K), d.moe_idx.begin() + long((l + 1) * K), moe_idx.begin() + long(l * K)))
+                flips += " moe@L" + std::to_string(l);
+            if (!std::equal(d.index_idx.begin() + long(l * KI), d.index_idx.begin() + long((l + 1) * KI),
+                            index_idx.begin() + long(l * KI)))
+                flips += " indexer@L" + std::to_string(l);
+        }
+        MESSAGE(std::string(name) << ": residual rel RMS per layer:" << line
+                                  << "; selections differing from the reference:" << (flips.empty() ? " none" : flips));
     }
 }

@@ -77,6 +77,8 @@ struct forward_options {
 struct forward_diagnostics {
     std::vector<uint16_t> layer_out;   ///< [L, 4, dim] bf16 residual streams after each block
     std::vector<uint16_t> final_norm;  ///< [dim] bf16 final-norm output
+    std::vector<int32_t> moe_idx;      ///< [L, topk] routed experts of the last token (ascending)
+    std::vector<int32_t> index_idx;    ///< [L, index_topk] indexer picks (entry numbers ascending, -1 padded)
 };
 
 /// One layer's state of one sequence (spec §5.5).
@@ -379,7 +381,7 @@ private:
     /// Attention of layer l on x = attn_norm output [S, D] (bf16), positions start..start+S-1;
     /// writes out [S, D] (bf16).
     void attention(std::size_t l, layer_state& st, const uint16_t* x, std::size_t S, int64_t start,
-                   uint16_t* out) const {
+                   uint16_t* out, forward_diagnostics* diag) const {
         const layer_weights& w = layers_[l];
         const uint32_t r = w.ratio;
         const std::size_t H = H_, hd = hd_, nope = hd - rope_dim, qw = H * hd;
@@ -472,6 +474,16 @@ private:
             kv_rows = attention_window + n_after;
         }
 
+        if (diag && r == 4) {  // the last query's indexer picks as ascending entry numbers
+            const int32_t* row = idx.data() + (S - 1) * width + attention_window;
+            const int32_t off = decode ? int32_t(attention_window) : int32_t(S);
+            std::vector<int32_t> sel;
+            for (std::size_t j = 0; j < width - attention_window; ++j)
+                if (row[j] >= 0) sel.push_back(row[j] - off);
+            std::sort(sel.begin(), sel.end());
+            std::copy(sel.begin(), sel.end(), diag->index_idx.begin() + std::ptrdiff_t(l * cfg_.index_topk));
+        }
+
         // sparse attention (sink in the denominator), inverse RoPE with the query positions
         std::vector<uint16_t> o(S * qw);
         sparse_attention_args a;
@@ -521,18 +533,27 @@ private:
         std::vector<unsigned char> ms(bytes_needed(moe_cfg_, mt));
         const moe_scratch msc{ms.data(), ms.size(), mt};
         const float eps = float(cfg_.rms_norm_eps);
-        if (diag) diag->layer_out.assign(L * W, 0);
+        if (diag) {
+            diag->layer_out.assign(L * W, 0);
+            diag->moe_idx.assign(L * moe_cfg_.topk, -1);
+            diag->index_idx.assign(L * cfg_.index_topk, -1);
+        }
 
         for (std::size_t l = 0; l < L; ++l) {
             const layer_weights& w = layers_[l];
             // attention sub-block
             par::hc_pre(hc_, w.hc_attn, Hs.data(), S, hc_pre_out{y.data(), post.data(), comb.data(), nullptr, nullptr}, hs);
             rmsnorm(y.data(), S, D, D, w.attn_norm, eps, y.data(), D);
-            attention(l, s.layers[l], y.data(), S, start, a.data());
+            attention(l, s.layers[l], y.data(), S, start, a.data(), diag);
             par::hc_post(hc_, a.data(), Hs.data(), post.data(), comb.data(), S, Hs.data());
             // MoE sub-block
             par::hc_pre(hc_, w.hc_ffn, Hs.data(), S, hc_pre_out{y.data(), post.data(), comb.data(), nullptr, nullptr}, hs);
             rmsnorm(y.data(), S, D, D, w.ffn_norm, eps, y.data(), D);
+            if (diag) {  // routing of the last token (the same gate and routing code as the layer)
+                std::vector<float> rw(moe_cfg_.topk);
+                moe_route_tokens(moe_cfg_, w.moe.gate, y.data() + (S - 1) * D, D, ids + (S - 1), 1,
+                                 moe_routing_out{diag->moe_idx.data() + l * moe_cfg_.topk, rw.data(), nullptr}, msc);
+            }
             par::moe_forward(moe_cfg_, w.moe, y.data(), D, ids, S, a.data(), D, msc);
             par::hc_post(hc_, a.data(), Hs.data(), post.data(), comb.data(), S, Hs.data());
             if (diag) std::memcpy(diag->layer_out.data() + l * W, Hs.data() + (S - 1) * W, W * sizeof(uint16_t));
