@@ -6,7 +6,8 @@
 //                          entry (64, 512, 8192 of them)
 //   prefill/r128_S{1K,4K}  ratio-128 prefill: kv = [S local rows ; S/128 compressed rows]
 // Counters: GFLOP/s (4*H*D per valid index per query row: QK and PV), flops_frac (over
-// this binary's measured FMA peak of the same tier and thread count, peak/fma/...),
+// the FMA ceiling of the same tier and thread count, measured by this binary's fma_peak
+// kernel right before and after timing: the mean of the two, peak_GFLOP/s),
 // KV_GB/s (bytes of KV rows gathered), and cpu_frac: flops per CPU-second the process
 // received over one core's FMA peak per CPU-second (on a shared machine wall-clock rows
 // also measure the neighbours; cpu_frac does not, and idle TBB spinning counts against it). Decode rotates through copies of the cache so it
@@ -82,7 +83,6 @@ std::vector<uint16_t> random_bf16(std::size_t n, uint32_t seed, float sigma) {
 void bm_attention(benchmark::State& st, dsv4::tier t, attn_case c, int threads, bool cold) {
     count(c);
     const auto& k = *dsv4::kernels_for(t);
-    const double peak = bench::fma_peak_flops(t, threads);
     const auto q = random_bf16(c.tokens * H * D, 1, 2.0f);
     std::vector<float> sink(H);
     for (std::size_t h = 0; h < H; ++h) sink[h] = float(int(h % 7) - 3);
@@ -131,6 +131,7 @@ void bm_attention(benchmark::State& st, dsv4::tier t, attn_case c, int threads, 
     }
 
     const double cpu_peak = bench::fma_peak_cpu_flops(t);
+    const double peak_before = bench::fma_peak_flops_now(t, threads, 3);
     std::size_t i = 0;
     const double cpu0 = bench::process_cpu_seconds();
     for (auto _ : st) {
@@ -139,6 +140,7 @@ void bm_attention(benchmark::State& st, dsv4::tier t, attn_case c, int threads, 
         benchmark::DoNotOptimize(out.data());
     }
     const double cpu = bench::process_cpu_seconds() - cpu0;
+    const double peak = 0.5 * (peak_before + bench::fma_peak_flops_now(t, threads, 3));
     bench::set_flops_counters(st, c.flops, peak);
     // per core-second this process received: what the kernel achieves while it runs
     st.counters["cpu_frac"] = c.flops * double(st.iterations()) / (cpu * cpu_peak);

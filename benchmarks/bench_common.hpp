@@ -157,20 +157,23 @@ inline uint64_t fma_peak_iters(const dsv4::kernel_table& k) {
     return iters;
 }
 
-/// FMA throughput (flop/s, wall clock) of tier t's fma_peak kernel on `threads` threads:
-/// the ceiling for flops_frac. Dynamic chunks (24 per thread) of ~2 ms; the best of 7
-/// runs of ~50 ms each (other processes on the machine can only lower a ceiling).
-inline double fma_peak_flops(dsv4::tier t, int threads) {
-    static std::mutex mu;
-    static std::map<std::pair<int, int>, double> cache;
-    std::lock_guard<std::mutex> lock(mu);
-    if (auto it = cache.find({int(t), threads}); it != cache.end()) return it->second;
+/// FMA throughput (flop/s, wall clock) of tier t's fma_peak kernel on `threads` threads,
+/// measured now: dynamic chunks (24 per thread) of ~2 ms, the best of `reps` runs of
+/// ~50 ms (other processes on the machine can only lower a ceiling).
+inline double fma_peak_flops_now(dsv4::tier t, int threads, int reps) {
     const auto& k = *dsv4::kernels_for(t);
+    static std::mutex mu;
+    static std::map<int, uint64_t> iters_of;
+    uint64_t iters;
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        auto it = iters_of.find(int(t));
+        iters = it != iters_of.end() ? it->second : (iters_of[int(t)] = fma_peak_iters(k));
+    }
     tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
-    const uint64_t iters = fma_peak_iters(k);
     const std::size_t chunks = std::size_t(24 * threads);
     double best = 0;
-    for (int rep = 0; rep < 7; ++rep) {
+    for (int rep = 0; rep < reps; ++rep) {
         std::atomic<uint64_t> flops{0};
         const auto t0 = std::chrono::steady_clock::now();
         parallel_rows(threads, chunks, 1, [&](std::size_t c0, std::size_t c1) {
@@ -183,7 +186,18 @@ inline double fma_peak_flops(dsv4::tier t, int threads) {
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         best = std::max(best, double(flops.load()) / s);
     }
-    return cache[{int(t), threads}] = best;
+    return best;
+}
+
+/// The FMA ceiling of tier t on `threads` threads (best of 7 runs), cached: the value
+/// peak/fma/... prints. Compute-bound rows measure their own with fma_peak_flops_now()
+/// right before and after timing, so the ratio shares the machine's state.
+inline double fma_peak_flops(dsv4::tier t, int threads) {
+    static std::mutex mu;
+    static std::map<std::pair<int, int>, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find({int(t), threads}); it != cache.end()) return it->second;
+    return cache[{int(t), threads}] = fma_peak_flops_now(t, threads, 7);
 }
 
 /// The same kernel's throughput per second of CPU time of one thread (thread CPU clock):
