@@ -207,6 +207,15 @@ TEST_CASE("forward: argument errors") {
     CHECK_THROWS_AS(m.decode(s, 3, lg.data()), dsv4::error);  // no prefix
     CHECK_THROWS_AS(m.prefill(s, bad, 0, lg.data()), dsv4::error);
     CHECK_THROWS_AS(dsv4::model::open("/nonexistent/dsv4"), dsv4::error);
+    // a state belongs to the model that made it; moving the model keeps it valid
+    auto other = toy(dsv4::model_revision::initial).new_sequence();
+    const int64_t ok[] = {0, 7};
+    CHECK_THROWS_AS(m.prefill(other, ok, 2, lg.data()), dsv4::error);
+    dsv4::model a = dsv4::model::open(toy_dir());
+    auto sa = a.new_sequence();
+    dsv4::model b = std::move(a);
+    b.prefill(sa, ok, 2, lg.data());
+    CHECK(sa.pos == 2);
 }
 
 TEST_CASE("forward: diagnostics of the last position against the reference (report only)") {

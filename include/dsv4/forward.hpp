@@ -44,6 +44,7 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -95,7 +96,7 @@ struct sequence_state {
     std::vector<layer_state> layers;
     int64_t pos = 0;              ///< tokens in the sequence so far (the next position)
     std::size_t max_context = 0;  ///< capacity in positions
-    const void* owner = nullptr;  ///< the model that made it
+    uint64_t owner = 0;           ///< id of the model that made it (survives moving the model)
 };
 
 /// Weight views of one main layer (pointers into the mapped checkpoint).
@@ -125,7 +126,9 @@ public:
     /// Opens a checkpoint directory (config.json + model.safetensors.index.json and shards,
     /// or one model.safetensors) by mmap; nothing is converted or read in full.
     static model open(const std::string& dir, const forward_options& opt = {}) {
+        static std::atomic<uint64_t> next_id{1};
         model m;
+        m.id_ = next_id.fetch_add(1);
         m.opt_ = opt;
         m.cfg_ = load_model_config(dir);
         m.ck_ = std::make_unique<checkpoint>(checkpoint::open(dir));
@@ -144,7 +147,7 @@ public:
     sequence_state new_sequence() const {
         sequence_state s;
         s.max_context = max_ctx_;
-        s.owner = this;
+        s.owner = id_;
         s.layers.resize(layers_.size());
         for (std::size_t l = 0; l < layers_.size(); ++l) {
             layer_state& ls = s.layers[l];
@@ -193,6 +196,7 @@ private:
     model_config cfg_;
     std::unique_ptr<checkpoint> ck_;
     forward_options opt_;
+    uint64_t id_ = 0;  ///< unique per opened model
     std::size_t D_ = 0, H_ = 0, hd_ = 0, ql_ = 0, max_ctx_ = 0;
     std::vector<layer_weights> layers_;
     const uint16_t *embed_ = nullptr, *norm_ = nullptr;
@@ -358,7 +362,7 @@ private:
     }
 
     void check_seq(const sequence_state& s, const char* fn) const {
-        detail::require(s.owner == this && s.layers.size() == layers_.size(), fn,
+        detail::require(id_ != 0 && s.owner == id_ && s.layers.size() == layers_.size(), fn,
                         "sequence state was not made by this model's new_sequence()");
     }
 
