@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: set-up, GCC 12 build in build/ with every
 # test (all tiers this CPU runs), the installed-package and add_subdirectory consumers,
-# then the same suite built with Clang 14 in build-clang/.
+# then the same suite built with Clang 14 in build-clang/, then the fuzz targets (build-fuzz/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -30,3 +30,6 @@ echo "== Clang 14: build-clang/"
 cmake -S . -B build-clang -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++-14 "$py"
 cmake --build build-clang -j"$jobs"
 ctest --test-dir build-clang --output-on-failure -j"$jobs"
+
+echo "== fuzz targets (clang-14, libFuzzer + ASan + UBSan): build, then a 10 s smoke run each"
+./scripts/fuzz.sh 10
