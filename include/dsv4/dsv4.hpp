@@ -12,6 +12,7 @@
 #include "moe.hpp"
 #include "parallel.hpp"
 #include "formats.hpp"
+#include "forward.hpp"
 #include "isa.hpp"
 #include "norm.hpp"
 #include "rope.hpp"

@@ -1,0 +1,198 @@
+// dsv4-generate: token-id generation with the whole DeepSeek-V4-Flash model on the CPU,
+// straight from the official checkpoint directory (mmap, no conversion).
+//
+//   dsv4-generate --model DIR (--prompt-ids 0,5,17 | --prompt-file F) [--max-new-tokens N]
+//                 [--temperature T] [--top-p P] [--seed S] [--threads N] [--revision current|initial]
+//
+// Prints the generated ids as they come (one line), then load time, prefill and decode
+// tokens/s, peak RSS and bytes mapped. DSV4_ISA picks the kernel tier (runtime dispatch).
+// Any problem (missing or malformed model directory, bad or out-of-vocabulary ids, bad
+// options) is one line on stderr and exit status 1 (2 for usage errors).
+#include <dsv4/forward.hpp>
+#include <dsv4/kernel_table.hpp>
+#include <dsv4/sampling.hpp>
+
+#include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/info.h>
+
+#include <sys/resource.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+void usage(FILE* f) {
+    std::fprintf(f,
+                 "usage: dsv4-generate --model DIR (--prompt-ids ID,ID,... | --prompt-file FILE)\n"
+                 "                     [--max-new-tokens N=16] [--temperature T=0 (greedy)] [--top-p P=1]\n"
+                 "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
+                 "                     [--max-context N]\n"
+                 "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni forces a kernel tier.\n");
+}
+
+/// Token ids separated by commas and/or white space; every one a plain non-negative integer.
+std::vector<int64_t> parse_ids(const std::string& text, const std::string& where) {
+    std::vector<int64_t> ids;
+    std::string tok;
+    auto flush = [&]() {
+        if (tok.empty()) return;
+        bool digits = tok.size() <= 18;
+        for (char c : tok) digits = digits && c >= '0' && c <= '9';
+        if (!digits) throw dsv4::error(where + ": bad token id '" + tok + "' (expected a non-negative integer)");
+        ids.push_back(std::stoll(tok));
+        tok.clear();
+    };
+    for (char c : text) {
+        if (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+            if (c == ',' && tok.empty()) throw dsv4::error(where + ": empty token id (stray comma)");
+            flush();
+        } else {
+            tok.push_back(c);
+        }
+    }
+    flush();
+    if (ids.empty()) throw dsv4::error(where + ": no token ids");
+    return ids;
+}
+
+double number(const std::string& opt, const std::string& v) {
+    char* end = nullptr;
+    errno = 0;
+    const double d = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end || errno) throw usage_error(opt + ": '" + v + "' is not a number");
+    return d;
+}
+uint64_t count(const std::string& opt, const std::string& v) {
+    bool ok = !v.empty() && v.size() <= 18;
+    for (char c : v) ok = ok && c >= '0' && c <= '9';
+    if (!ok) throw usage_error(opt + ": '" + v + "' is not a non-negative integer");
+    return std::stoull(v);
+}
+
+double peak_rss_mib() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return double(u.ru_maxrss) / 1024.0;  // KiB on Linux
+}
+
+int run(int argc, char** argv) {
+    std::string model_dir, ids_text, ids_file, revision = "current";
+    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0;
+    double temperature = 0.0, top_p = 1.0;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "-h" || a == "--help") {
+            usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc) throw usage_error(a + ": missing value (or unknown option)");
+        const std::string v = argv[++i];
+        if (a == "--model") model_dir = v;
+        else if (a == "--prompt-ids") ids_text = v;
+        else if (a == "--prompt-file") ids_file = v;
+        else if (a == "--max-new-tokens") max_new = count(a, v);
+        else if (a == "--temperature") temperature = number(a, v);
+        else if (a == "--top-p") top_p = number(a, v);
+        else if (a == "--seed") seed = count(a, v);
+        else if (a == "--threads") threads = count(a, v);
+        else if (a == "--revision") revision = v;
+        else if (a == "--max-context") max_ctx = count(a, v);
+        else throw usage_error("unknown option " + a);
+    }
+    if (model_dir.empty()) throw usage_error("--model DIR is required");
+    if (ids_text.empty() == ids_file.empty()) throw usage_error("give exactly one of --prompt-ids and --prompt-file");
+    if (revision != "current" && revision != "initial") throw usage_error("--revision must be current or initial");
+
+    std::vector<int64_t> prompt;
+    if (!ids_file.empty()) {
+        std::ifstream f(ids_file);
+        if (!f) throw dsv4::error(ids_file + ": cannot open prompt file");
+        const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        prompt = parse_ids(text, ids_file);
+    } else {
+        prompt = parse_ids(ids_text, "--prompt-ids");
+    }
+
+    std::unique_ptr<tbb::global_control> gc;
+    if (threads) gc = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+    const dsv4::tier tier = dsv4::active_tier();  // DSV4_ISA errors surface here
+
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    dsv4::forward_options opt = dsv4::forward_options::for_revision(
+        revision == "current" ? dsv4::model_revision::current : dsv4::model_revision::initial);
+    opt.max_context = max_ctx;
+    const dsv4::model m = dsv4::model::open(model_dir, opt);
+    const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
+
+    const std::size_t V = m.vocab();
+    dsv4::check_token_ids(std::span<const int64_t>(prompt), V);
+    if (prompt.size() + max_new > m.max_context())
+        throw dsv4::error("prompt (" + std::to_string(prompt.size()) + ") + max-new-tokens (" + std::to_string(max_new) +
+                          ") exceed the context of " + std::to_string(m.max_context()) + " positions (--max-context)");
+    dsv4::sampler smp(V, dsv4::sampling_params{float(temperature), float(top_p), seed});
+
+    std::printf("model %s: %u layers, vocab %zu, tier %s, %d threads; prompt %zu tokens\n", model_dir.c_str(),
+                m.config().num_hidden_layers, V, std::string(dsv4::tier_name(tier)).c_str(),
+                int(threads ? threads : uint64_t(tbb::info::default_concurrency())), prompt.size());
+    std::fflush(stdout);
+
+    dsv4::sequence_state s = m.new_sequence();
+    std::vector<float> logits(V);
+    const auto t1 = clock::now();
+    m.prefill(s, prompt.data(), prompt.size(), logits.data());
+    const double prefill_s = std::chrono::duration<double>(clock::now() - t1).count();
+
+    std::printf("generated:");
+    std::fflush(stdout);
+    double decode_s = 0;
+    uint64_t decoded = 0;
+    for (uint64_t j = 0; j < max_new; ++j) {
+        const int32_t id = smp.pick(logits.data(), V);
+        std::printf(" %d", id);
+        std::fflush(stdout);
+        if (j + 1 == max_new) break;
+        const auto t2 = clock::now();
+        m.decode(s, id, logits.data());
+        decode_s += std::chrono::duration<double>(clock::now() - t2).count();
+        ++decoded;
+    }
+    std::printf("\n");
+    const auto mem = m.weights().memory();
+    std::printf("load %.3f s | prefill %zu tokens %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.1f tokens/s\n",
+                load_s, prompt.size(), prefill_s, double(prompt.size()) / prefill_s, (unsigned long long)decoded,
+                decode_s, decoded ? double(decoded) / decode_s : 0.0);
+    std::printf("peak RSS %.1f MiB | mapped %.1f MiB in %zu files", peak_rss_mib(), double(mem.bytes_mapped) / 1048576.0,
+                mem.files);
+    if (mem.bytes_touched) std::printf(" (%.1f MiB touched)", double(*mem.bytes_touched) / 1048576.0);
+    std::printf("\n");
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const usage_error& e) {
+        std::fprintf(stderr, "dsv4-generate: %s\n", e.what());
+        usage(stderr);
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "dsv4-generate: %s\n", e.what());
+        return 1;
+    }
+}
