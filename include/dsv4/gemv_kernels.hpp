@@ -23,12 +23,16 @@
 // split between threads. Fast mode adds the int8 activation rounding: at most
 // sum_blocks (d_b / 2) * sum_{k in b} |w_k| where d_b = amax_b / 127.
 //
+// Every vector FMA is simd::fmadd (explicitly fused): xsimd 8.1 spells AVX-512 fma as a
+// multiply and an add, fused only if the compiler contracts (not under -std=c++20).
+//
 // FP8 has no fast mode: e4m3 weights are not integers (a 128x128 block spans 2^-9..448),
 // so an int8 form would not be exact; the F16C decode + FMA path is the fast one.
 #pragma once
 
 #include "gemv_types.hpp"
 #include "quant.hpp"
+#include "simd/fmath.hpp"
 #include "simd/weights.hpp"
 
 #include <cmath>
@@ -76,8 +80,8 @@ DSV4_INLINE void dot_f32_row(const float* w, std::size_t k, const float* const* 
         for (; i + 2 * W <= k; i += 2 * W) {
             const vf w0 = vf::load_unaligned(w + i), w1 = vf::load_unaligned(w + i + W);
             for (std::size_t j = 0; j < MT; ++j) {
-                acc[j][0] = xsimd::fma(w0, vf::load_unaligned(x[j] + i), acc[j][0]);
-                acc[j][1] = xsimd::fma(w1, vf::load_unaligned(x[j] + i + W), acc[j][1]);
+                acc[j][0] = simd::fmadd(w0, vf::load_unaligned(x[j] + i), acc[j][0]);
+                acc[j][1] = simd::fmadd(w1, vf::load_unaligned(x[j] + i + W), acc[j][1]);
             }
         }
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j][0] + acc[j][1]);
@@ -100,8 +104,8 @@ DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* con
             const vf w0 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, w + i));
             const vf w1 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, w + i + W));
             for (std::size_t j = 0; j < MT; ++j) {
-                acc[j][0] = xsimd::fma(w0, vf::load_unaligned(x[j] + i), acc[j][0]);
-                acc[j][1] = xsimd::fma(w1, vf::load_unaligned(x[j] + i + W), acc[j][1]);
+                acc[j][0] = simd::fmadd(w0, vf::load_unaligned(x[j] + i), acc[j][0]);
+                acc[j][1] = simd::fmadd(w1, vf::load_unaligned(x[j] + i + W), acc[j][1]);
             }
         }
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j][0] + acc[j][1]);
@@ -131,13 +135,13 @@ DSV4_INLINE void dot_fp8_row(const uint8_t* w, const uint8_t* scale_row, std::si
                 vf lo, hi;
                 simd::fp8_to_f32_scaled(Arch{}, w + i, lo, hi);  // e4m3 * 2^-8
                 for (std::size_t j = 0; j < MT; ++j) {
-                    p[j][0] = xsimd::fma(lo, vf::load_unaligned(x[j] + i), p[j][0]);
-                    p[j][1] = xsimd::fma(hi, vf::load_unaligned(x[j] + i + W), p[j][1]);
+                    p[j][0] = simd::fmadd(lo, vf::load_unaligned(x[j] + i), p[j][0]);
+                    p[j][1] = simd::fmadd(hi, vf::load_unaligned(x[j] + i + W), p[j][1]);
                 }
             }
             // (p * 2^8) * 2^(e-127): two exact scalings, never an overflowing 2^135
             const vf s(e8m0.v[scale_row[b0 / B]]);
-            for (std::size_t j = 0; j < MT; ++j) acc[j] = xsimd::fma((p[j][0] + p[j][1]) * vf(256.0f), s, acc[j]);
+            for (std::size_t j = 0; j < MT; ++j) acc[j] = simd::fmadd((p[j][0] + p[j][1]) * vf(256.0f), s, acc[j]);
         }
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
     } else {
@@ -170,8 +174,8 @@ DSV4_INLINE void dot_fp4_row(const uint8_t* w, const uint8_t* scale_row, std::si
             const vf s(e8m0.v[scale_row[b0 / B]] * 0.5f);  // exact: a power of two (or NaN)
             for (std::size_t j = 0; j < MT; ++j) {
                 vf p = wv[0] * vf::load_unaligned(x[j] + b0);
-                for (std::size_t v = 1; v < NV; ++v) p = xsimd::fma(wv[v], vf::load_unaligned(x[j] + b0 + v * W), p);
-                acc[j] = xsimd::fma(p, s, acc[j]);
+                for (std::size_t v = 1; v < NV; ++v) p = simd::fmadd(wv[v], vf::load_unaligned(x[j] + b0 + v * W), p);
+                acc[j] = simd::fmadd(p, s, acc[j]);
             }
         }
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
