@@ -25,9 +25,10 @@ inline void check_out(const gemv_out& o, std::size_t m, std::size_t n, const cha
     require((o.f32 == nullptr) != (o.bf16 == nullptr) || m == 0, fn, "set exactly one of out.f32 / out.bf16");
     require(m <= 1 || o.stride >= n, fn, "out.stride smaller than n");
 }
+/// Resolves r1 == all_rows to n and checks 0 <= r0 <= r1 <= n (rows, tokens or units).
 inline void check_rows(std::size_t& r0, std::size_t& r1, std::size_t n, const char* fn) {
     if (r1 == all_rows) r1 = n;
-    require(r0 <= r1 && r1 <= n, fn, "row range [r0, r1) outside [0, n)");
+    require(r0 <= r1 && r1 <= n, fn, "range [r0, r1) outside [0, n)");
 }
 inline void check_x(const f32_rows& x, std::size_t k, const char* fn) {
     require(x.m == 0 || x.x != nullptr, fn, "x.x is null");

@@ -262,6 +262,21 @@ template <std::size_t MT> DSV4_INLINE void tile_ptrs(const f32_rows& x, std::siz
     for (std::size_t j = 0; j < MT; ++j) p[j] = x.x + (m0 + j) * x.stride;
 }
 
+/// for_rows_and_tiles for f32 activation rows: row_dot.template operator()<MT>(n, p, y)
+/// gets the MT activation row pointers of the tile; results go to `out`.
+template <class RowDot>
+DSV4_INLINE void f32_rows_and_tiles(const f32_rows& x, const gemv_out& out, std::size_t r0, std::size_t r1,
+                                    RowDot&& row_dot) {
+    for_rows_and_tiles(
+        x.m, r0, r1,
+        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
+            const float* p[MT];
+            tile_ptrs<MT>(x, m0, p);
+            row_dot.template operator()<MT>(n, p, y);
+        },
+        [&](std::size_t m, std::size_t n, float v) { store_out(out, m, n, v); });
+}
+
 template <std::size_t MT>
 DSV4_INLINE void q8_tile_ptrs(const q8_rows& x, std::size_t m0, const int8_t** q, const float** d,
                               const int32_t** c) noexcept {
@@ -336,40 +351,26 @@ void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d, int3
 template <class Arch>
 void f32_gemv_rows(const f32_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
                    std::size_t r1) noexcept {
-    gemv_detail::for_rows_and_tiles(
-        x.m, r0, r1,
-        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
-            const float* p[MT];
-            gemv_detail::tile_ptrs<MT>(x, m0, p);
-            gemv_detail::dot_f32_row<Arch, MT>(w.w + n * w.w_stride, w.k, p, y);
-        },
-        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+    gemv_detail::f32_rows_and_tiles(x, out, r0, r1, [&]<std::size_t MT>(std::size_t n, const float** p, float* y) {
+        gemv_detail::dot_f32_row<Arch, MT>(w.w + n * w.w_stride, w.k, p, y);
+    });
 }
 
 template <class Arch>
 void bf16_gemv_rows(const bf16_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
                     std::size_t r1) noexcept {
-    gemv_detail::for_rows_and_tiles(
-        x.m, r0, r1,
-        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
-            const float* p[MT];
-            gemv_detail::tile_ptrs<MT>(x, m0, p);
-            gemv_detail::dot_bf16_row<Arch, MT>(w.w + n * w.w_stride, w.k, p, y);
-        },
-        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+    gemv_detail::f32_rows_and_tiles(x, out, r0, r1, [&]<std::size_t MT>(std::size_t n, const float** p, float* y) {
+        gemv_detail::dot_bf16_row<Arch, MT>(w.w + n * w.w_stride, w.k, p, y);
+    });
 }
 
 template <class Arch>
 void fp8_gemv_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
                    std::size_t r1) noexcept {
-    gemv_detail::for_rows_and_tiles(
-        x.m, r0, r1,
-        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
-            const float* p[MT];
-            gemv_detail::tile_ptrs<MT>(x, m0, p);
-            gemv_detail::dot_fp8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride, w.k, p, y);
-        },
-        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+    gemv_detail::f32_rows_and_tiles(x, out, r0, r1, [&]<std::size_t MT>(std::size_t n, const float** p, float* y) {
+        gemv_detail::dot_fp8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride,
+                                             w.k, p, y);
+    });
 }
 
 /// Grouped projection (wo_a, spec §4 step 10): output rows [g*ng, (g+1)*ng) use the
@@ -387,14 +388,9 @@ void fp8_grouped_gemv_rows(const fp8_matrix& w, std::size_t groups, const f32_ro
 template <class Arch>
 void fp4_gemv_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
                    std::size_t r1) noexcept {
-    gemv_detail::for_rows_and_tiles(
-        x.m, r0, r1,
-        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
-            const float* p[MT];
-            gemv_detail::tile_ptrs<MT>(x, m0, p);
-            gemv_detail::dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, p, y);
-        },
-        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+    gemv_detail::f32_rows_and_tiles(x, out, r0, r1, [&]<std::size_t MT>(std::size_t n, const float** p, float* y) {
+        gemv_detail::dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, p, y);
+    });
 }
 
 template <class Arch>

@@ -384,11 +384,6 @@ inline moe_run moe_begin_impl(const moe_config& c, const moe_weights& w, const u
     return r;
 }
 
-inline void check_range(std::size_t& a, std::size_t& b, std::size_t n, const char* fn) {
-    if (b == all_rows) b = n;
-    require(a <= b && b <= n, fn, "range outside [0, n)");
-}
-
 /// Input rows of routed expert e (its tokens, contiguous).
 inline f32_rows expert_x(const moe_run& r, uint32_t e) noexcept {
     const std::size_t D = r.cfg->dim;
@@ -418,7 +413,7 @@ inline moe_run moe_begin(const moe_config& c, const moe_weights& w, const uint16
 /// for experts [r0, r1), every token of the chunk.
 inline void moe_gate_rows(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_rows) {
     const moe_config& c = *r.cfg;
-    detail::check_range(r0, r1, c.n_experts, "moe_gate_rows");
+    detail::check_rows(r0, r1, c.n_experts, "moe_gate_rows");
     if (r.tokens == 0 || r0 == r1) return;
     bf16_gemv(r.w->gate.gate, f32_rows{r.xf, c.dim, r.tokens}, gemv_out{r.scores, nullptr, c.n_experts}, r0, r1);
     for (std::size_t t = 0; t < r.tokens; ++t)
@@ -478,7 +473,7 @@ inline void moe_route(moe_run& r) {
 /// (fast mode), then copied to the token's slot of each of its experts (T > 1).
 inline void moe_prepare(const moe_run& r, std::size_t t0 = 0, std::size_t t1 = all_rows) {
     const moe_config& c = *r.cfg;
-    detail::check_range(t0, t1, r.tokens, "moe_prepare");
+    detail::check_rows(t0, t1, r.tokens, "moe_prepare");
     const std::size_t D = c.dim, K = c.topk;
     const bool fast = c.numerics == moe_numerics::fast;
     for (std::size_t t = t0; t < t1; ++t) {
@@ -512,7 +507,7 @@ inline std::size_t moe_up_units(const moe_run& r) noexcept {
 /// SwiGLU with the shared clamp, no routing weight).
 inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_rows) {
     const moe_config& c = *r.cfg;
-    detail::check_range(u0, u1, moe_up_units(r), "moe_up");
+    detail::check_rows(u0, u1, moe_up_units(r), "moe_up");
     const std::size_t I = c.inter, D = c.dim, nch = I / detail::moe_up_rows, T = r.tokens;
     const bool fast = c.numerics == moe_numerics::fast;
     for (std::size_t u = u0; u < u1; ++u) {
@@ -554,7 +549,7 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
 /// ascending expert id, then the shared output), spec §8.4.
 inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_rows) {
     const moe_config& c = *r.cfg;
-    detail::check_range(r0, r1, c.dim, "moe_down");
+    detail::check_rows(r0, r1, c.dim, "moe_down");
     const std::size_t I = c.inter, D = c.dim, K = c.topk, T = r.tokens;
     if (T == 0 || r0 == r1) return;
     const bool fast = c.numerics == moe_numerics::fast;
