@@ -293,9 +293,13 @@ TEST_CASE("gemv: every tier vs scalar, M = 1..9, odd N, strided rows, any row sp
     rng r(7);
     const auto& act = active();
     const auto& ref = scalar_table();
-    for (std::size_t m : {1, 2, 3, 4, 5, 7, 9}) {
-        const std::size_t n = 37, k = 384, pad = 5;
+    // k = 384: whole groups of 4 blocks; 1120 = 2 superblocks of 16 blocks + 3 blocks;
+    // 1664 = 3 superblocks + one whole group (every loop of the fast FP4 kernel)
+    for (const auto& [m, k] : {std::pair<std::size_t, std::size_t>{1, 384}, {2, 384}, {3, 384}, {4, 384}, {5, 384},
+                               {7, 384}, {9, 384}, {1, 1120}, {3, 1120}, {4, 1664}, {6, 1664}}) {
+        const std::size_t n = 37, pad = 5;
         CAPTURE(m);
+        CAPTURE(k);
         random_fp4 W(n, k, pad, r);
         const auto xb = random_x(m, k, r);
         std::vector<float> x(m * (k + 3), std::numeric_limits<float>::quiet_NaN());  // strided, NaN padding

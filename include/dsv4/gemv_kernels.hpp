@@ -78,6 +78,7 @@ DSV4_INLINE void dot_f32_row(const float* w, std::size_t k, const float* const* 
         vf acc[MT][2];
         for (auto& a : acc) a[0] = a[1] = vf(0.0f);
         for (; i + 2 * W <= k; i += 2 * W) {
+            simd::prefetch_weights<2 * W * 4 / 64>(w + i);
             const vf w0 = vf::load_unaligned(w + i), w1 = vf::load_unaligned(w + i + W);
             for (std::size_t j = 0; j < MT; ++j) {
                 acc[j][0] = simd::fmadd(w0, vf::load_unaligned(x[j] + i), acc[j][0]);
@@ -101,6 +102,7 @@ DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* con
         vf acc[MT][2];
         for (auto& a : acc) a[0] = a[1] = vf(0.0f);
         for (; i + 2 * W <= k; i += 2 * W) {
+            if (W == 16 || i % (4 * W) == 0) simd::prefetch_weights<1>(w + i);  // a line per 64 bytes
             const vf w0 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, w + i));
             const vf w1 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, w + i + W));
             for (std::size_t j = 0; j < MT; ++j) {
@@ -129,6 +131,7 @@ DSV4_INLINE void dot_fp8_row(const uint8_t* w, const uint8_t* scale_row, std::si
         vf acc[MT];
         for (auto& a : acc) a = vf(0.0f);
         for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            simd::prefetch_weights<2>(w + b0);
             vf p[MT][2];
             for (auto& q : p) q[0] = q[1] = vf(0.0f);
             for (std::size_t i = b0; i < b0 + B; i += 2 * W) {
@@ -166,19 +169,33 @@ DSV4_INLINE void dot_fp4_row(const uint8_t* w, const uint8_t* scale_row, std::si
     if constexpr (!simd::is_scalar<Arch>) {
         using vf = simd::vf32<Arch>;
         constexpr std::size_t W = simd::lanes<Arch>(), NV = B / W;
-        vf acc[MT];
-        for (auto& a : acc) a = vf(0.0f);
-        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+        // block b adds into acc[.][b % NA]: NA independent FMA chains, else the chain's
+        // latency (one FMA per 16 weight bytes) caps the row at a few bytes per cycle
+        constexpr std::size_t NA = W == 16 ? 4 : 2;
+        vf acc[MT][NA];
+        for (auto& a : acc)
+            for (auto& v : a) v = vf(0.0f);
+        std::size_t b0 = 0;
+        const auto block = [&](std::size_t b0, std::size_t slot) DSV4_LAMBDA_INLINE {
             vf wv[NV];
             simd::fp4_block_to_f32x2(Arch{}, w + b0 / 2, wv);
             const vf s(e8m0.v[scale_row[b0 / B]] * 0.5f);  // exact: a power of two (or NaN)
             for (std::size_t j = 0; j < MT; ++j) {
                 vf p = wv[0] * vf::load_unaligned(x[j] + b0);
                 for (std::size_t v = 1; v < NV; ++v) p = simd::fmadd(wv[v], vf::load_unaligned(x[j] + b0 + v * W), p);
-                acc[j] = simd::fmadd(p, s, acc[j]);
+                acc[j][slot] = simd::fmadd(p, s, acc[j][slot]);
             }
+        };
+        for (; b0 + NA * B <= k; b0 += NA * B) {
+            simd::prefetch_weights<1>(w + b0 / 2);  // NA * 16 bytes of weights per pass
+            for (std::size_t a = 0; a < NA; ++a) block(b0 + a * B, a);
         }
-        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
+        for (std::size_t a = 0; b0 < k; b0 += B, ++a) block(b0, a);
+        for (std::size_t j = 0; j < MT; ++j) {
+            vf t = acc[j][0];
+            for (std::size_t a = 1; a < NA; ++a) t += acc[j][a];
+            y[j] = hsum<Arch>(t);
+        }
     } else {
         for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
         for (std::size_t b0 = 0; b0 < k; b0 += B) {
@@ -212,6 +229,10 @@ DSV4_INLINE void dot_fp4_q8_row(const uint8_t* w, const uint8_t* scale_row, std:
         using vf = simd::vf32<Arch>;
         vf acc[MT];
         for (auto& a : acc) a = vf(0.0f);
+        for (; g0 + 4 * G <= k; g0 += 4 * G) {
+            simd::prefetch_weights<4>(w + g0 / 2);
+            simd::fp4q8_super_fma<MT>(Arch{}, w + g0 / 2, scale_row + g0 / 32, q, d, corr, g0, acc);
+        }
         for (; g0 + G <= k; g0 += G)
             simd::fp4q8_group_fma<MT>(Arch{}, w + g0 / 2, scale_row + g0 / 32, q, d, corr, g0, acc);
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
