@@ -120,12 +120,48 @@ DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* con
     }
 }
 
-/// FP8 row: per 128-block partial sums (f32), scaled by the block's power of two.
+/// E8M0 exponents e for which the AVX-512 FP8 row folds the block scale into the weights:
+/// w * 2^(e-127) is then a normal f32 (or zero) for every e4m3 code, and 2^120 * 2^(e-127)
+/// is finite. Real checkpoints sit near e = 112..122; other blocks take the two-step path.
+inline constexpr unsigned fp8_fold_e_min = 10, fp8_fold_e_max = 134;
+
+/// FP8 row: per 128-block partial sums (f32), scaled by the block's power of two. On
+/// AVX-512, blocks whose scale allows it multiply each decoded weight by its (exact) scale
+/// and accumulate straight into per-lane sums instead: one multiply per 16 weights, no
+/// per-block reduction (1.5x the throughput of the F16C form on Zen 5).
 template <class Arch, std::size_t MT>
 DSV4_INLINE void dot_fp8_row(const uint8_t* w, const uint8_t* scale_row, std::size_t k, const float* const* x,
                              float* y) noexcept {
     constexpr std::size_t B = 128;
-    if constexpr (!simd::is_scalar<Arch>) {
+    if constexpr (simd::lanes<Arch>() == 16) {
+        using vf = simd::vf32<Arch>;
+        vf acc[MT][4];  // four FMA chains per row: one FMA per 16 weights, latency 4
+        for (auto& a : acc)
+            for (auto& v : a) v = vf(0.0f);
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            simd::prefetch_weights<2>(w + b0);
+            const uint8_t e = scale_row[b0 / B];
+            if (e >= fp8_fold_e_min && e <= fp8_fold_e_max) {
+                const vf c(e8m0.v[e] * 0x1p120f);  // exact: 2^(e - 7)
+                DSV4_UNROLL
+                for (std::size_t q = 0; q < B / 16; ++q) {  // constant trip count: acc stays in registers
+                    const vf wv = vf(simd::fp8_to_f32_bits(Arch{}, w + b0 + 16 * q)) * c;  // exact e4m3 * 2^(e-127)
+                    for (std::size_t j = 0; j < MT; ++j)
+                        acc[j][q % 4] = simd::fmadd(wv, vf::load_unaligned(x[j] + b0 + 16 * q), acc[j][q % 4]);
+                }
+            } else {  // extreme scales: block partial (weights * 2^-120), then 2^120, then the scale
+                vf p[MT];
+                for (auto& q : p) q = vf(0.0f);
+                for (std::size_t i = b0; i < b0 + B; i += 16) {
+                    const vf wv(simd::fp8_to_f32_bits(Arch{}, w + i));
+                    for (std::size_t j = 0; j < MT; ++j) p[j] = simd::fmadd(wv * vf(0x1p120f), vf::load_unaligned(x[j] + i), p[j]);
+                }
+                const vf s(e8m0.v[e]);
+                for (std::size_t j = 0; j < MT; ++j) acc[j][0] = simd::fmadd(p[j], s, acc[j][0]);
+            }
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>((acc[j][0] + acc[j][1]) + (acc[j][2] + acc[j][3]));
+    } else if constexpr (!simd::is_scalar<Arch>) {
         using vf = simd::vf32<Arch>;
         constexpr std::size_t W = simd::lanes<Arch>();
         vf acc[MT];
