@@ -293,25 +293,36 @@ DSV4_INLINE void dot_fp4_q8_row(const uint8_t* w, const uint8_t* scale_row, std:
     }
 }
 
+/// Weight rows per block when M > gemv_m_tile: every M tile runs over the block's rows, which
+/// stay in L1/L2, so the activation tiles are fetched once per block instead of once per row
+/// (at M = 64 that traffic, not the arithmetic, would bound the kernel). Results are the
+/// same bits as row by row: each (m, n) is still one row_dot call.
+inline constexpr std::size_t gemv_row_block = 8;
+
 /// Drives a row kernel over rows [r0, r1) and all M activation rows in tiles of up to
 /// gemv_m_tile: row_dot.template operator()<MT>(n, m0, y) fills y[0..MT).
 template <class RowDot, class Store>
 DSV4_INLINE void for_rows_and_tiles(std::size_t m, std::size_t r0, std::size_t r1, RowDot&& row_dot,
                                     Store&& store) {
-    for (std::size_t n = r0; n < r1; ++n) {
-        std::size_t m0 = 0;
+    const std::size_t rb = m > gemv_m_tile ? gemv_row_block : 1;
+    for (std::size_t n0 = r0; n0 < r1; n0 += rb) {
+        const std::size_t n1 = std::min(r1, n0 + rb);
         float y[gemv_m_tile];
-        for (; m0 + 4 <= m; m0 += 4) {
-            row_dot.template operator()<4>(n, m0, y);
-            for (std::size_t j = 0; j < 4; ++j) store(m0 + j, n, y[j]);
+        std::size_t m0 = 0;
+        for (; m0 + 4 <= m; m0 += 4)
+            for (std::size_t n = n0; n < n1; ++n) {
+                row_dot.template operator()<4>(n, m0, y);
+                for (std::size_t j = 0; j < 4; ++j) store(m0 + j, n, y[j]);
+            }
+        if (m0 == m) continue;
+        for (std::size_t n = n0; n < n1; ++n) {
+            switch (m - m0) {
+                case 3: row_dot.template operator()<3>(n, m0, y); break;
+                case 2: row_dot.template operator()<2>(n, m0, y); break;
+                default: row_dot.template operator()<1>(n, m0, y); break;
+            }
+            for (std::size_t j = 0; j < m - m0; ++j) store(m0 + j, n, y[j]);
         }
-        switch (m - m0) {
-            case 3: row_dot.template operator()<3>(n, m0, y); break;
-            case 2: row_dot.template operator()<2>(n, m0, y); break;
-            case 1: row_dot.template operator()<1>(n, m0, y); break;
-            default: continue;
-        }
-        for (std::size_t j = 0; j < m - m0; ++j) store(m0 + j, n, y[j]);
     }
 }
 
@@ -471,23 +482,27 @@ namespace gemv_detail {
 template <class Dot>
 DSV4_INLINE void gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, std::size_t m, const swiglu_epilogue& e,
                               const gemv_out& out, std::size_t r0, std::size_t r1, Dot&& dot) {
-    for (std::size_t n = r0; n < r1; ++n) {
+    const std::size_t rb = m > gemv_m_tile ? gemv_row_block : 1;  // as in for_rows_and_tiles
+    for (std::size_t n0 = r0; n0 < r1; n0 += rb) {
+        const std::size_t n1 = std::min(r1, n0 + rb);
         for (std::size_t m0 = 0; m0 < m; m0 += gemv_m_tile) {
-            float y1[gemv_m_tile], y3[gemv_m_tile];
             const std::size_t mt = std::min(gemv_m_tile, m - m0);
-            auto both = [&]<std::size_t MT>() {
-                dot.template operator()<MT>(n, m0, w1, y1);
-                dot.template operator()<MT>(n, m0, w3, y3);
-            };
-            switch (mt) {
-                case 4: both.template operator()<4>(); break;
-                case 3: both.template operator()<3>(); break;
-                case 2: both.template operator()<2>(); break;
-                default: both.template operator()<1>(); break;
+            for (std::size_t n = n0; n < n1; ++n) {
+                float y1[gemv_m_tile], y3[gemv_m_tile];
+                auto both = [&]<std::size_t MT>() {
+                    dot.template operator()<MT>(n, m0, w1, y1);
+                    dot.template operator()<MT>(n, m0, w3, y3);
+                };
+                switch (mt) {
+                    case 4: both.template operator()<4>(); break;
+                    case 3: both.template operator()<3>(); break;
+                    case 2: both.template operator()<2>(); break;
+                    default: both.template operator()<1>(); break;
+                }
+                for (std::size_t j = 0; j < mt; ++j)
+                    store_out(out, m0 + j, n,
+                              swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f, e.limit));
             }
-            for (std::size_t j = 0; j < mt; ++j)
-                store_out(out, m0 + j, n,
-                          swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f, e.limit));
         }
     }
 }
