@@ -108,9 +108,9 @@ bool verify(const dsv4::checkpoint& ck, const std::string& where, uint64_t threa
         std::fprintf(stderr, "dsv4-generate: %s\n", dsv4::to_string(r.problems[i]).c_str());
     if (r.problems.size() > max_listed)
         std::fprintf(stderr, "dsv4-generate: ... and %zu more bad tensors\n", r.problems.size() - max_listed);
-    std::printf("verify %s: %zu tensors in %zu files, %llu bytes read in %.3f s = %.2f GB/s (%u threads): %s\n",
+    std::printf("verify %s: %zu tensors in %zu files, %llu bytes read in %.3f s = %.2f GB/s (%u thread%s): %s\n",
                 where.c_str(), r.tensors, r.files, (unsigned long long)r.bytes, r.seconds, r.gb_per_s(), r.threads,
-                r.ok() ? "ok" : bad_tensors(r.problems.size()).c_str());
+                r.threads == 1 ? "" : "s", r.ok() ? "ok" : bad_tensors(r.problems.size()).c_str());
     std::fflush(stdout);
     if (!r.ok())
         std::fprintf(stderr, "dsv4-generate: %s: checkpoint verification failed: %s (first: '%s')\n",
