@@ -357,12 +357,13 @@ DSV4_INLINE void q8_tile_ptrs(const q8_rows& x, std::size_t m0, const int8_t** q
 
 DSV4_INLINE float silu(float v) noexcept { return v / (1.0f + std::exp(-v)); }
 
-/// SwiGLU epilogue on the bf16-rounded projections (spec §8.2 clamp order).
+/// SwiGLU epilogue on the bf16-rounded projections (spec §8.2 clamp order). The clamps keep
+/// NaN (as torch.clamp does; std::fmin/fmax would turn it into the limit).
 DSV4_INLINE float swiglu(float y1, float y3, float route_weight, float limit) noexcept {
     float a = round_bf16(y1), b = round_bf16(y3);
     if (limit > 0.0f) {
-        a = std::fmin(a, limit);
-        b = std::fmin(std::fmax(b, -limit), limit);
+        a = a > limit ? limit : a;
+        b = b > limit ? limit : (b < -limit ? -limit : b);
     }
     return route_weight * (silu(a) * b);
 }
@@ -397,7 +398,8 @@ void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d, int3
             const std::size_t b0 = g0 + 32 * b;
             const uint32_t amax_bits = bf16_block_amax_bits<arch::scalar>(x + b0, 32);
             const float amax = f32_from_bits(amax_bits);
-            const bool finite = amax_bits < 0x7F800000u;
+            // a NaN or Inf in the block makes d NaN (the amax ignores NaN, so test for it)
+            const bool finite = amax_bits < 0x7F800000u && !bf16_block_has_nan(x + b0, 32);
             d[b0 / 32] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
             const float inv = (finite && amax > 0.0f) ? 127.0f / amax : 0.0f;
             int32_t sum = 0;
