@@ -3,6 +3,7 @@
 //
 //   dsv4-generate --model DIR (--prompt-ids 0,5,17 | --prompt-file F) [--max-new-tokens N]
 //                 [--temperature T] [--top-p P] [--seed S] [--threads N] [--revision current|initial]
+//                 [--numerics reference|fast] [--ignore-eos]
 //                 [--verify]
 //   dsv4-generate --model DIR --verify
 //
@@ -49,6 +50,8 @@ void usage(FILE* f) {
                  "usage: dsv4-generate --model DIR (--prompt-ids ID,ID,... | --prompt-file FILE)\n"
                  "                     [--max-new-tokens N=16] [--temperature T=0 (greedy)] [--top-p P=1]\n"
                  "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
+                 "                     [--numerics reference|fast] [--ignore-eos]\n"
+                 "Generation stops after the config's eos_token_id unless --ignore-eos.\n"
                  "                     [--max-context N] [--verify]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
@@ -125,18 +128,18 @@ double peak_rss_mib() {
 }
 
 int run(int argc, char** argv) {
-    std::string model_dir, ids_text, ids_file, revision = "current";
+    std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference";
     uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0;
     double temperature = 0.0, top_p = 1.0;
-    bool verify_bytes = false;
+    bool verify_bytes = false, ignore_eos = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "-h" || a == "--help") {
             usage(stdout);
             return 0;
         }
-        if (a == "--verify") {
-            verify_bytes = true;
+        if (a == "--verify" || a == "--ignore-eos") {
+            (a == "--verify" ? verify_bytes : ignore_eos) = true;
             continue;
         }
         if (i + 1 >= argc) throw usage_error(a + ": missing value (or unknown option)");
@@ -150,6 +153,7 @@ int run(int argc, char** argv) {
         else if (a == "--seed") seed = count(a, v);
         else if (a == "--threads") threads = count(a, v);
         else if (a == "--revision") revision = v;
+        else if (a == "--numerics") numerics = v;
         else if (a == "--max-context") max_ctx = count(a, v);
         else throw usage_error("unknown option " + a);
     }
@@ -159,6 +163,7 @@ int run(int argc, char** argv) {
     if (!verify_only && ids_text.empty() && ids_file.empty())
         throw usage_error("give one of --prompt-ids and --prompt-file (or --verify alone)");
     if (revision != "current" && revision != "initial") throw usage_error("--revision must be current or initial");
+    if (numerics != "reference" && numerics != "fast") throw usage_error("--numerics must be reference or fast");
 
     if (verify_only) {  // config + schema as a run checks them, then every byte
         const dsv4::model_config cfg = dsv4::load_model_config(model_dir);
@@ -185,6 +190,9 @@ int run(int argc, char** argv) {
     const auto t0 = clock::now();
     dsv4::forward_options opt = dsv4::forward_options::for_revision(
         revision == "current" ? dsv4::model_revision::current : dsv4::model_revision::initial);
+    // routed experts: FP8-quantised activations as in the reference (exact products), or int8
+    // activations per 32 with integer dot products (faster; error documented in the README)
+    opt.numerics = numerics == "fast" ? dsv4::moe_numerics::fast : dsv4::moe_numerics::reference;
     opt.max_context = max_ctx;
     const dsv4::model m = dsv4::model::open(model_dir, opt);
     const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
@@ -197,9 +205,10 @@ int run(int argc, char** argv) {
                           ") exceed the context of " + std::to_string(m.max_context()) + " positions (--max-context)");
     dsv4::sampler smp(V, dsv4::sampling_params{float(temperature), float(top_p), seed});
 
-    std::printf("model %s: %u layers, vocab %zu, tier %s, %d threads; prompt %zu tokens\n", model_dir.c_str(),
-                m.config().num_hidden_layers, V, std::string(dsv4::tier_name(tier)).c_str(),
-                int(threads ? threads : uint64_t(tbb::info::default_concurrency())), prompt.size());
+    std::printf("model %s: %u layers, vocab %zu, tier %s, %d threads, %s numerics; prompt %zu tokens\n",
+                model_dir.c_str(), m.config().num_hidden_layers, V, std::string(dsv4::tier_name(tier)).c_str(),
+                int(threads ? threads : uint64_t(tbb::info::default_concurrency())), numerics.c_str(), prompt.size());
+    const int64_t eos = ignore_eos ? -1 : m.config().eos_token_id;  // -1: none
     std::fflush(stdout);
 
     dsv4::sequence_state s = m.new_sequence();
@@ -216,6 +225,10 @@ int run(int argc, char** argv) {
         const int32_t id = smp.pick(logits.data(), V);
         std::printf(" %d", id);
         std::fflush(stdout);
+        if (id == eos) {
+            std::printf(" (eos)");
+            break;
+        }
         if (j + 1 == max_new) break;
         const auto t2 = clock::now();
         m.decode(s, id, logits.data());
