@@ -224,6 +224,7 @@ DSV4_INLINE void dot_fp4_row(const uint8_t* w, const uint8_t* scale_row, std::si
         };
         for (; b0 + NA * B <= k; b0 += NA * B) {
             simd::prefetch_weights<1>(w + b0 / 2);  // NA * 16 bytes of weights per pass
+            if (b0 % 2048 == 0) simd::prefetch_weights<1, simd::weight_prefetch_bytes / 16>(scale_row + b0 / B);
             for (std::size_t a = 0; a < NA; ++a) block(b0 + a * B, a);
         }
         for (std::size_t a = 0; b0 < k; b0 += B, ++a) block(b0, a);
@@ -267,6 +268,8 @@ DSV4_INLINE void dot_fp4_q8_row(const uint8_t* w, const uint8_t* scale_row, std:
         for (auto& a : acc) a = vf(0.0f);
         for (; g0 + 4 * G <= k; g0 += 4 * G) {
             simd::prefetch_weights<4>(w + g0 / 2);
+            if (g0 % 2048 == 0)  // a line of scales per 4 superblocks
+                simd::prefetch_weights<1, simd::weight_prefetch_bytes / 16>(scale_row + g0 / 32);
             simd::fp4q8_super_fma<MT>(Arch{}, w + g0 / 2, scale_row + g0 / 32, q, d, corr, g0, acc);
         }
         for (; g0 + G <= k; g0 += G)

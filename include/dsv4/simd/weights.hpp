@@ -20,18 +20,26 @@ namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace simd {
 
-/// Software prefetch distance of the weight stream in GEMV loops. With one thread busy
-/// decoding, the hardware prefetchers alone keep too few misses in flight (a Zen 5 core
-/// then reaches ~0.65 of its streaming-read rate on FP4); asking 4 KiB ahead lifts that to
-/// 0.8-0.9 (dsv4-bench, fp4_gemv/*/m1/t1). Past the end of a matrix it only wastes a few lines.
-inline constexpr std::size_t weight_prefetch_bytes = 4096;
+/// Software prefetch distance of the weight stream in GEMV loops (into L1: prefetcht1/t2
+/// measured worse). With one thread busy decoding, the hardware prefetchers alone keep too
+/// few misses in flight, and they stop at every 4 KiB page of a mapped checkpoint: a Zen 5
+/// core then reaches ~0.6 of its streaming-read rate on FP4; two pages ahead lifts that to
+/// 0.7-0.85 (1-4 KiB were worse, 16 KiB no better). Past the end of a matrix it only wastes
+/// a few lines. -DDSV4_WEIGHT_PREFETCH_BYTES=N overrides it for experiments.
+#ifndef DSV4_WEIGHT_PREFETCH_BYTES
+#  define DSV4_WEIGHT_PREFETCH_BYTES 8192
+#endif
+inline constexpr std::size_t weight_prefetch_bytes = DSV4_WEIGHT_PREFETCH_BYTES;
 
-/// Prefetches `Lines` cache lines weight_prefetch_bytes ahead of p (address arithmetic in
-/// integers: the target may lie past the end of the caller's object). Defining
-/// DSV4_NO_PREFETCH turns it off (to measure what it buys).
-template <std::size_t Lines> DSV4_INLINE void prefetch_weights(const void* p) noexcept {
+/// Prefetches `Lines` cache lines `Distance` bytes ahead of p (address arithmetic in
+/// integers: the target may lie past the end of the caller's object). A stream that advances
+/// 1/16 as fast as the weights (FP4 scales) takes Distance = weight_prefetch_bytes / 16: the
+/// same lead in time (it gains 0.07-0.13 of bw_frac on FP4). Defining DSV4_NO_PREFETCH turns
+/// it off (to measure what it buys).
+template <std::size_t Lines, std::size_t Distance = weight_prefetch_bytes>
+DSV4_INLINE void prefetch_weights(const void* p) noexcept {
 #if defined(__GNUC__) && !defined(DSV4_NO_PREFETCH)
-    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p) + weight_prefetch_bytes;
+    const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p) + Distance;
     for (std::size_t l = 0; l < Lines; ++l) __builtin_prefetch(reinterpret_cast<const void*>(a + 64 * l), 0, 3);
 #else
     (void)p;
