@@ -295,8 +295,10 @@ TEST_CASE("gemv: every tier vs scalar, M = 1..9, odd N, strided rows, any row sp
     const auto& ref = scalar_table();
     // k = 384: whole groups of 4 blocks; 1120 = 2 superblocks of 16 blocks + 3 blocks;
     // 1664 = 3 superblocks + one whole group (every loop of the fast FP4 kernel)
-    for (const auto& [m, k] : {std::pair<std::size_t, std::size_t>{1, 384}, {2, 384}, {3, 384}, {4, 384}, {5, 384},
-                               {7, 384}, {9, 384}, {1, 1120}, {3, 1120}, {4, 1664}, {6, 1664}}) {
+    for (const auto& mk : {std::pair<std::size_t, std::size_t>{1, 384}, {2, 384}, {3, 384}, {4, 384}, {5, 384},
+                           {7, 384}, {9, 384}, {1, 1120}, {3, 1120}, {4, 1664}, {6, 1664}}) {
+        // plain variables: Clang 14 cannot capture structured bindings (doctest's CAPTURE)
+        const std::size_t m = mk.first, k = mk.second;
         const std::size_t n = 37, pad = 5;
         CAPTURE(m);
         CAPTURE(k);
