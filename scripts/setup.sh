@@ -10,7 +10,8 @@ packages=(
   libbenchmark-dev                              # Google Benchmark: dsv4-bench
   doctest-dev                                   # tests
   nlohmann-json3-dev                            # JSON of checkpoints (safetensors headers, index, config.json)
-  libclang-rt-14-dev                            # libFuzzer + sanitizer runtimes (scripts/fuzz.sh)
+  libclang-rt-14-dev                            # libFuzzer + sanitizer runtimes (scripts/fuzz.sh, build-asan/, build-tsan/)
+  llvm-14                                       # llvm-symbolizer: file:line in sanitizer reports
   python3 python3-numpy                         # reference/ and the goldens
 )
 

@@ -19,9 +19,12 @@
 // Per-sequence state (sequence_state, spec §5.5): per layer the attention cache
 // [128 window slots | compressed entries] (bf16, head_dim wide), the main compressor's state,
 // and for ratio-4 layers the indexer's key cache and compressor state; plus the position.
-// Nothing per sequence lives in the model: any number of sequences may be kept (used one
-// call at a time: a model's calls are not re-entrant). prefill always starts the sequence
-// over (REF semantics, start_pos 0; no chunked prefill); decode continues it.
+// Nothing per sequence lives in the model, which is read-only after open: any number of
+// sequences may be kept, and calls on different sequence_states may run concurrently on
+// different threads (same bits as alone: test_forward.cpp's two-threads case, also run
+// under ThreadSanitizer); one sequence_state takes one call at a time. prefill always
+// starts the sequence over (REF semantics, start_pos 0; no chunked prefill); decode
+// continues it.
 //
 // Threads: every stage runs on oneTBB (par:: entry points) in the current task arena; the
 // results do not depend on the thread count. Errors: dsv4::error naming the file, tensor or
