@@ -3,11 +3,22 @@
 //
 //   dsv4-generate --model DIR (--prompt-ids 0,5,17 | --prompt-file F) [--max-new-tokens N]
 //                 [--temperature T] [--top-p P] [--seed S] [--threads N] [--revision current|initial]
+//                 [--numerics reference|fast] [--ignore-eos]
+//                 [--verify]
+//   dsv4-generate --model DIR --verify
 //
 // Prints the generated ids as they come (one line), then load time, prefill and decode
 // tokens/s, peak RSS and bytes mapped. DSV4_ISA picks the kernel tier (runtime dispatch).
 // Any problem (missing or malformed model directory, bad or out-of-vocabulary ids, bad
-// options) is one line on stderr and exit status 1 (2 for usage errors).
+// options, a non-finite hidden state or logit) is one line on stderr and exit status 1 (2
+// for usage errors).
+//
+// --verify: checks config.json and every tensor's dtype and shape (as a run does), then
+// reads every tensor's bytes (dsv4::verify_checkpoint: pread, --threads readers) and reports
+// FP8 NaN codes, E8M0 NaN scales, non-finite BF16/F32 values and read errors, one line per
+// bad tensor on stderr (the first 20), a summary on stdout; exit status 1 if anything is
+// wrong. Without a prompt it verifies and exits; with one it generates only from a clean
+// checkpoint.
 #include <dsv4/forward.hpp>
 #include <dsv4/kernel_table.hpp>
 #include <dsv4/sampling.hpp>
@@ -39,7 +50,12 @@ void usage(FILE* f) {
                  "usage: dsv4-generate --model DIR (--prompt-ids ID,ID,... | --prompt-file FILE)\n"
                  "                     [--max-new-tokens N=16] [--temperature T=0 (greedy)] [--top-p P=1]\n"
                  "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
-                 "                     [--max-context N]\n"
+                 "                     [--numerics reference|fast] [--ignore-eos]\n"
+                 "Generation stops after the config's eos_token_id unless --ignore-eos.\n"
+                 "                     [--max-context N] [--verify]\n"
+                 "       dsv4-generate --model DIR --verify [--threads N]\n"
+                 "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
+                 "errors (exit 1 if any); without a prompt it verifies and exits.\n"
                  "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni forces a kernel tier.\n");
 }
 
@@ -82,6 +98,29 @@ uint64_t count(const std::string& opt, const std::string& v) {
     return std::stoull(v);
 }
 
+std::string bad_tensors(std::size_t n) { return std::to_string(n) + (n == 1 ? " bad tensor" : " bad tensors"); }
+
+/// The byte-level pass over an opened checkpoint: summary on stdout, bad tensors on stderr.
+/// Returns whether the checkpoint is clean.
+bool verify(const dsv4::checkpoint& ck, const std::string& where, uint64_t threads) {
+    dsv4::verify_options vo;
+    vo.threads = unsigned(threads);
+    const dsv4::verify_report r = dsv4::verify_checkpoint(ck, vo);
+    constexpr std::size_t max_listed = 20;
+    for (std::size_t i = 0; i < r.problems.size() && i < max_listed; ++i)
+        std::fprintf(stderr, "dsv4-generate: %s\n", dsv4::to_string(r.problems[i]).c_str());
+    if (r.problems.size() > max_listed)
+        std::fprintf(stderr, "dsv4-generate: ... and %zu more bad tensors\n", r.problems.size() - max_listed);
+    std::printf("verify %s: %zu tensors in %zu files, %llu bytes read in %.3f s = %.2f GB/s (%u thread%s): %s\n",
+                where.c_str(), r.tensors, r.files, (unsigned long long)r.bytes, r.seconds, r.gb_per_s(), r.threads,
+                r.threads == 1 ? "" : "s", r.ok() ? "ok" : bad_tensors(r.problems.size()).c_str());
+    std::fflush(stdout);
+    if (!r.ok())
+        std::fprintf(stderr, "dsv4-generate: %s: checkpoint verification failed: %s (first: '%s')\n",
+                     where.c_str(), bad_tensors(r.problems.size()).c_str(), r.problems.front().tensor.c_str());
+    return r.ok();
+}
+
 double peak_rss_mib() {
     rusage u{};
     getrusage(RUSAGE_SELF, &u);
@@ -89,14 +128,19 @@ double peak_rss_mib() {
 }
 
 int run(int argc, char** argv) {
-    std::string model_dir, ids_text, ids_file, revision = "current";
+    std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference";
     uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0;
     double temperature = 0.0, top_p = 1.0;
+    bool verify_bytes = false, ignore_eos = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "-h" || a == "--help") {
             usage(stdout);
             return 0;
+        }
+        if (a == "--verify" || a == "--ignore-eos") {
+            (a == "--verify" ? verify_bytes : ignore_eos) = true;
+            continue;
         }
         if (i + 1 >= argc) throw usage_error(a + ": missing value (or unknown option)");
         const std::string v = argv[++i];
@@ -109,12 +153,24 @@ int run(int argc, char** argv) {
         else if (a == "--seed") seed = count(a, v);
         else if (a == "--threads") threads = count(a, v);
         else if (a == "--revision") revision = v;
+        else if (a == "--numerics") numerics = v;
         else if (a == "--max-context") max_ctx = count(a, v);
         else throw usage_error("unknown option " + a);
     }
     if (model_dir.empty()) throw usage_error("--model DIR is required");
-    if (ids_text.empty() == ids_file.empty()) throw usage_error("give exactly one of --prompt-ids and --prompt-file");
+    if (!ids_text.empty() && !ids_file.empty()) throw usage_error("give only one of --prompt-ids and --prompt-file");
+    const bool verify_only = verify_bytes && ids_text.empty() && ids_file.empty();
+    if (!verify_only && ids_text.empty() && ids_file.empty())
+        throw usage_error("give one of --prompt-ids and --prompt-file (or --verify alone)");
     if (revision != "current" && revision != "initial") throw usage_error("--revision must be current or initial");
+    if (numerics != "reference" && numerics != "fast") throw usage_error("--numerics must be reference or fast");
+
+    if (verify_only) {  // config + schema as a run checks them, then every byte
+        const dsv4::model_config cfg = dsv4::load_model_config(model_dir);
+        const dsv4::checkpoint ck = dsv4::checkpoint::open(model_dir);
+        (void)dsv4::validate_checkpoint(cfg, ck);
+        return verify(ck, model_dir, threads) ? 0 : 1;
+    }
 
     std::vector<int64_t> prompt;
     if (!ids_file.empty()) {
@@ -134,9 +190,13 @@ int run(int argc, char** argv) {
     const auto t0 = clock::now();
     dsv4::forward_options opt = dsv4::forward_options::for_revision(
         revision == "current" ? dsv4::model_revision::current : dsv4::model_revision::initial);
+    // routed experts: FP8-quantised activations as in the reference (exact products), or int8
+    // activations per 32 with integer dot products (faster; error documented in the README)
+    opt.numerics = numerics == "fast" ? dsv4::moe_numerics::fast : dsv4::moe_numerics::reference;
     opt.max_context = max_ctx;
     const dsv4::model m = dsv4::model::open(model_dir, opt);
     const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
+    if (verify_bytes && !verify(m.weights(), model_dir, threads)) return 1;
 
     const std::size_t V = m.vocab();
     dsv4::check_token_ids(std::span<const int64_t>(prompt), V);
@@ -145,9 +205,10 @@ int run(int argc, char** argv) {
                           ") exceed the context of " + std::to_string(m.max_context()) + " positions (--max-context)");
     dsv4::sampler smp(V, dsv4::sampling_params{float(temperature), float(top_p), seed});
 
-    std::printf("model %s: %u layers, vocab %zu, tier %s, %d threads; prompt %zu tokens\n", model_dir.c_str(),
-                m.config().num_hidden_layers, V, std::string(dsv4::tier_name(tier)).c_str(),
-                int(threads ? threads : uint64_t(tbb::info::default_concurrency())), prompt.size());
+    std::printf("model %s: %u layers, vocab %zu, tier %s, %d threads, %s numerics; prompt %zu tokens\n",
+                model_dir.c_str(), m.config().num_hidden_layers, V, std::string(dsv4::tier_name(tier)).c_str(),
+                int(threads ? threads : uint64_t(tbb::info::default_concurrency())), numerics.c_str(), prompt.size());
+    const int64_t eos = ignore_eos ? -1 : m.config().eos_token_id;  // -1: none
     std::fflush(stdout);
 
     dsv4::sequence_state s = m.new_sequence();
@@ -164,6 +225,10 @@ int run(int argc, char** argv) {
         const int32_t id = smp.pick(logits.data(), V);
         std::printf(" %d", id);
         std::fflush(stdout);
+        if (id == eos) {
+            std::printf(" (eos)");
+            break;
+        }
         if (j + 1 == max_new) break;
         const auto t2 = clock::now();
         m.decode(s, id, logits.data());

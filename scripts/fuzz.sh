@@ -5,6 +5,7 @@
 # from the seeds written by the build (build-fuzz/fuzz-seeds/<target>).
 #
 #   ./scripts/fuzz.sh [seconds-per-target] [target...]     default: 60 s, every target
+#   DSV4_FUZZ_RUNS=N ./scripts/fuzz.sh SECS ...               also stop each target after N executions
 #
 # A crash, sanitizer report, leak, timeout (>10 s) or broken invariant stops that target and
 # leaves the input in build-fuzz/crashes/<target>/; add it to tests/fuzz/regressions/<target>/
@@ -30,11 +31,15 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "$crashes"
   echo "== fuzz_$t for ${secs} s (log: $log)"
   rc=0
-  "$exe" "$corpus" "build-fuzz/fuzz-seeds/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+  runs_opt=()
+  [ -n "${DSV4_FUZZ_RUNS:-}" ] && runs_opt=(-runs="$DSV4_FUZZ_RUNS")
+  start=$(date +%s)
+  "$exe" "$corpus" "build-fuzz/fuzz-seeds/$t" -max_total_time="$secs" "${runs_opt[@]}" -timeout=10 -rss_limit_mb=2048 \
     -artifact_prefix="$crashes/" -print_final_stats=1 >"$log" 2>&1 || rc=$?
+  took=$(($(date +%s) - start))
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 || true)
-  line="fuzz_$t: ${runs:-?} executions in ${secs} s, ${cov:-cov: ?}, corpus $(find "$corpus" -type f | wc -l) files"
+  line="fuzz_$t: ${runs:-?} executions in ${took} s, ${cov:-cov: ?}, corpus $(find "$corpus" -type f | wc -l) files"
   if [ "$rc" != 0 ]; then
     line+=", FAILED (rc $rc): $(ls "$crashes" | head -n 3 | tr '\n' ' ')"
     failed+=("$t")

@@ -13,6 +13,7 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <exception>
 #include <latch>
@@ -321,6 +322,45 @@ TEST_CASE("forward: argument errors") {
     dsv4::model b = std::move(a);
     b.prefill(sa, ok, 2, lg.data());
     CHECK(sa.pos == 2);
+}
+
+TEST_CASE("forward: a non-finite hidden state is an error naming layer, position and token") {
+    // The toy copy whose embedding row of token 7 holds a NaN (fixture checkpoint.toy_nan_embed).
+    const char* dir = std::getenv("DSV4_NAN_EMBED_MODEL");
+    REQUIRE_MESSAGE(dir, "DSV4_NAN_EMBED_MODEL is not set (ctest sets it)");
+    const dsv4::model m = dsv4::model::open(dir);
+    std::vector<float> lg(m.vocab());
+    auto s = m.new_sequence();
+    auto expect = [&](auto&& f, const std::string& part) {
+        std::string msg;
+        try {
+            f();
+        } catch (const dsv4::error& e) {
+            msg = e.what();
+        }
+        CHECK_MESSAGE(msg.find(part) != std::string::npos, "\"" << msg << "\" lacks \"" << part << "\"");
+    };
+    const int64_t with7[] = {0, 5, 7, 9}, without[] = {0, 5, 17};
+    expect([&] { m.prefill(s, with7, 4, lg.data()); },
+           "dsv4::model::prefill: non-finite hidden state (NaN in stream 0, element 0) after layer 0 at position 2 "
+           "(token id 7)");
+    expect([&] { m.decode(s, 1, lg.data()); }, "decode needs a prefix");  // the sequence must start over
+    m.prefill(s, without, 3, lg.data());  // token 7 unused: fine
+    for (float v : lg) REQUIRE(std::isfinite(v));
+    expect([&] { m.decode(s, 7, lg.data()); },
+           "dsv4::model::decode: non-finite hidden state (NaN in stream 0, element 0) after layer 0 at position 3 "
+           "(token id 7)");
+    expect([&] { m.decode(s, 1, lg.data()); }, "decode needs a prefix");
+    m.prefill(s, without, 3, lg.data());
+    m.decode(s, 1, lg.data());
+    CHECK(s.pos == 4);
+    // Without the check the NaN reaches the logits: what the check keeps from the sampler.
+    dsv4::forward_options o;
+    o.check_finite = false;
+    const dsv4::model raw = dsv4::model::open(dir, o);
+    auto r = raw.new_sequence();
+    raw.prefill(r, with7, 3, lg.data());
+    CHECK(std::none_of(lg.begin(), lg.end(), [](float v) { return std::isfinite(v); }));
 }
 
 TEST_CASE("forward: diagnostics of the last position against the reference (report only)") {

@@ -293,9 +293,15 @@ TEST_CASE("gemv: every tier vs scalar, M = 1..9, odd N, strided rows, any row sp
     rng r(7);
     const auto& act = active();
     const auto& ref = scalar_table();
-    for (std::size_t m : {1, 2, 3, 4, 5, 7, 9}) {
-        const std::size_t n = 37, k = 384, pad = 5;
+    // k = 384: whole groups of 4 blocks; 1120 = 2 superblocks of 16 blocks + 3 blocks;
+    // 1664 = 3 superblocks + one whole group (every loop of the fast FP4 kernel)
+    for (const auto& mk : {std::pair<std::size_t, std::size_t>{1, 384}, {2, 384}, {3, 384}, {4, 384}, {5, 384},
+                           {7, 384}, {9, 384}, {1, 1120}, {3, 1120}, {4, 1664}, {6, 1664}}) {
+        // plain variables: Clang 14 cannot capture structured bindings (doctest's CAPTURE)
+        const std::size_t m = mk.first, k = mk.second;
+        const std::size_t n = 37, pad = 5;
         CAPTURE(m);
+        CAPTURE(k);
         random_fp4 W(n, k, pad, r);
         const auto xb = random_x(m, k, r);
         std::vector<float> x(m * (k + 3), std::numeric_limits<float>::quiet_NaN());  // strided, NaN padding
@@ -336,6 +342,41 @@ TEST_CASE("gemv: every tier vs scalar, M = 1..9, odd N, strided rows, any row sp
         // the oneTBB wrapper gives the single-threaded bits
         dsv4::par::fp4_gemv_q8(W.view(), Q, {y3.data(), nullptr, n});
         CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+    }
+}
+
+TEST_CASE("gemv: FP8 rows at every kind of block scale (folded into the weights or not) within the f32 bound") {
+    // The AVX-512 row multiplies decoded weights by their block scale when the E8M0 byte is in
+    // [fp8_fold_e_min, fp8_fold_e_max] and takes the two-step path outside; both must stay
+    // within K * 2^-24 * sum|x w| (+ K * 2^-149 where results are subnormal) of the exact sum.
+    rng r(12);
+    const std::size_t n = 9, k = 384, m = 3;
+    std::vector<uint8_t> w(n * k);
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        uint8_t c = uint8_t(r.u32());
+        if (i % 5 == 0) c = uint8_t((c & 0x87));  // subnormal codes (exponent 0)
+        if ((c & 0x7F) == 0x7F) c = 0x42;
+        w[i] = c;
+    }
+    std::vector<float> x(m * k);
+    for (auto& v : x) v = dsv4::round_bf16(r.normal());
+    for (unsigned e : {0u, 1u, 9u, 10u, 11u, 100u, 127u, 133u, 134u, 135u, 200u}) {
+        CAPTURE(e);
+        const std::vector<uint8_t> s(k / 128, uint8_t(e));
+        const dsv4::fp8_matrix W{w.data(), k, s.data(), 0, n, k};  // one block row: stride unused
+        std::vector<float> y(m * n);
+        active().fp8_gemv_rows(W, {x.data(), k, m}, {y.data(), nullptr, n}, 0, n);
+        const double sc = std::ldexp(1.0, int(e) - 127);
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < n; ++j) {
+                double exact = 0, mag = 0;
+                for (std::size_t q = 0; q < k; ++q) {
+                    const double p = double(dsv4::e4m3_to_f32(w[j * k + q])) * sc * double(x[i * k + q]);
+                    exact += p;
+                    mag += std::fabs(p);
+                }
+                CHECK(std::fabs(double(y[i * n + j]) - exact) <= double(k) * 0x1p-24 * mag + double(k) * 0x1p-149);
+            }
     }
 }
 

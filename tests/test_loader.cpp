@@ -761,3 +761,136 @@ TEST_CASE("loader: fuzz regression inputs replay without crashing") {
         CHECK(ok);
     }
 }
+
+// ================================================================================== verification
+
+namespace {
+/// A full copy of the toy checkpoint (real files: the verification tests write and cut them).
+fs::path toy_copy(const std::string& name) {
+    const fs::path d = scratch(name);
+    for (const auto& e : fs::directory_iterator(fs::path(toy_dir()))) fs::copy_file(e.path(), d / e.path().filename());
+    return d;
+}
+/// Overwrites element `elem` of `tensor` in the copy at `dir` with `bytes`.
+void poke(const fs::path& dir, const std::string& tensor, uint64_t elem, std::string_view bytes) {
+    const fs::path shard = dir / shard_of(tensor);
+    uint64_t offset = 0;
+    {
+        const auto ck = dsv4::checkpoint::open(shard.string());
+        const auto& t = ck.at(tensor);
+        REQUIRE(bytes.size() == dsv4::dtype_size(t.type));
+        REQUIRE(elem * bytes.size() < t.bytes);
+        offset = t.file_offset + elem * bytes.size();
+    }
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(std::streamoff(offset));
+    f.write(bytes.data(), std::streamsize(bytes.size()));
+    REQUIRE(f.good());
+}
+const dsv4::verify_problem* problem_of(const dsv4::verify_report& r, const std::string& tensor) {
+    for (const auto& p : r.problems)
+        if (p.tensor == tensor) return &p;
+    return nullptr;
+}
+}  // namespace
+
+TEST_CASE("loader: verify_checkpoint reads every byte of the clean toy checkpoint") {
+    const auto ck = dsv4::checkpoint::open(toy_dir());
+    uint64_t total = 0;
+    for (const auto& t : ck.tensors()) total += t.bytes;
+    for (unsigned threads : {1u, 2u, 5u})
+        for (std::size_t chunk : {std::size_t(64), std::size_t(1000), std::size_t(8) << 20}) {
+            CAPTURE(threads);
+            CAPTURE(chunk);
+            const dsv4::verify_report r = dsv4::verify_checkpoint(ck, {threads, chunk});
+            CHECK(r.ok());
+            CHECK(r.files == 3);
+            CHECK(r.tensors == 427);
+            CHECK(r.bytes == total);
+            CHECK(r.threads >= 1);
+        }
+    // The pass never touches the mapping: no page of it is faulted in by the pass (open
+    // itself read the headers through it).
+    const auto fresh = dsv4::checkpoint::open(toy_dir());
+    const auto before = fresh.memory().bytes_touched;
+    CHECK(dsv4::verify_checkpoint(fresh).ok());
+    const auto after = fresh.memory().bytes_touched;
+    if (before && after) CHECK(*after == *before);
+    expect_error([&] { (void)dsv4::verify_checkpoint(ck, {1, 0}); }, {"verify_checkpoint", "chunk_bytes"});
+}
+
+TEST_CASE("loader: verify_checkpoint reports NaN codes, NaN scales and non-finite values per tensor") {
+    const fs::path d = toy_copy("verify_bad");
+    const std::string fp8 = "layers.0.attn.wq_a.weight", e8m0 = "layers.1.attn.wq_b.scale",
+                      bf16 = "layers.2.ffn.gate.weight", f32 = "layers.3.hc_ffn_fn", fp4 = "layers.0.ffn.experts.0.w1.weight",
+                      fp4s = "layers.0.ffn.experts.0.w1.scale", edge = "layers.1.attn.wkv.weight";
+    // FP8: both NaN codes, counted; the largest finite codes (0x7E, 0xFE) are not NaN.
+    poke(d, fp8, 100, "\x7f");
+    poke(d, fp8, 17, "\xff");
+    poke(d, fp8, 4000, "\x7f");
+    poke(d, edge, 0, "\x7e");
+    poke(d, edge, 1, "\xfe");
+    poke(d, e8m0, 1, "\xff");
+    poke(d, fp4s, 0, "\xfe");          // 2^127: a valid scale
+    poke(d, fp4, 3, "\xff");           // FP4 (I8): no NaN exists
+    poke(d, bf16, 300, "\x80\x7f");    // +Inf
+    poke(d, bf16, 301, "\xc0\xff");    // -NaN
+    poke(d, bf16, 302, "\x7f\x7f");    // the largest finite bf16
+    poke(d, f32, 5, std::string("\x00\x00\x80\xff", 4));  // -Inf
+    const auto ck = dsv4::checkpoint::open(d.string());
+    for (std::size_t chunk : {std::size_t(64), std::size_t(8) << 20}) {
+        CAPTURE(chunk);
+        const dsv4::verify_report r = dsv4::verify_checkpoint(ck, {2, chunk});
+        REQUIRE(r.problems.size() == 4);
+        CHECK(std::is_sorted(r.problems.begin(), r.problems.end(),
+                             [](const auto& a, const auto& b) { return a.tensor < b.tensor; }));
+        const auto* p = problem_of(r, fp8);
+        REQUIRE(p);
+        CHECK(p->count == 3);
+        CHECK(p->first == 17);
+        CHECK(!p->read_error);
+        CHECK(p->what.find("3 FP8 e4m3 NaN codes (0x7F/0xFF), first at element 17") != std::string::npos);
+        CHECK(dsv4::to_string(*p).find(p->file + ": tensor '" + fp8 + "': 3 FP8") == 0);
+        p = problem_of(r, e8m0);
+        REQUIRE(p);
+        CHECK((p->count == 1 && p->first == 1));
+        CHECK(p->what.find("1 E8M0 NaN scale (0xFF)") != std::string::npos);
+        p = problem_of(r, bf16);
+        REQUIRE(p);
+        CHECK((p->count == 2 && p->first == 300));
+        CHECK(p->what.find("2 non-finite values (NaN/Inf)") != std::string::npos);
+        p = problem_of(r, f32);
+        REQUIRE(p);
+        CHECK((p->count == 1 && p->first == 5));
+        CHECK(r.bytes > 7000000);
+    }
+}
+
+TEST_CASE("loader: verify_checkpoint reports a file cut short after it was opened, without SIGBUS") {
+    const fs::path d = toy_copy("verify_short");
+    const auto ck = dsv4::checkpoint::open(d.string());
+    // Cut the second shard in the middle of its data: every tensor beyond the cut is a
+    // read problem (reading the mapping there would raise SIGBUS; the pass uses pread).
+    const fs::path shard = d / "model-00002-of-00003.safetensors";
+    const uint64_t size = fs::file_size(shard), cut = size / 2;
+    fs::resize_file(shard, cut);
+    const dsv4::verify_report r = dsv4::verify_checkpoint(ck, {2, 4096});
+    REQUIRE(!r.ok());
+    std::size_t beyond = 0;
+    for (const auto& t : ck.tensors())
+        if (t.file == shard.string() && t.file_offset + t.bytes > cut) ++beyond;
+    CHECK(r.problems.size() == beyond);
+    for (const auto& p : r.problems) {
+        CHECK(p.read_error);
+        CHECK(p.file == shard.string());
+        CHECK(p.what.find("short read: the file ends at byte") != std::string::npos);
+    }
+    // A shard removed after opening: its tensors are read problems naming the file.
+    fs::remove(shard);
+    const dsv4::verify_report r2 = dsv4::verify_checkpoint(ck, {1, 1 << 20});
+    CHECK(r2.problems.size() > beyond);
+    for (const auto& p : r2.problems) {
+        CHECK(p.read_error);
+        CHECK(p.what.find("not read: " + shard.string() + ": cannot open file") != std::string::npos);
+    }
+}

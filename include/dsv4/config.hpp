@@ -50,6 +50,16 @@
 #  define DSV4_RESTRICT
 #endif
 
+// Fully unrolls the next loop (fixed small trip counts over arrays of vector registers):
+// without it GCC at -O2 keeps such arrays in memory, a 1.5x slowdown of the FP4 kernels.
+#if defined(__clang__)
+#  define DSV4_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#  define DSV4_UNROLL _Pragma("GCC unroll 16")
+#else
+#  define DSV4_UNROLL
+#endif
+
 namespace dsv4 {
 
 /// Every error dsv4 reports: bad arguments at a public entry point, a bad DSV4_ISA,

@@ -29,6 +29,13 @@
 // Threads: every stage runs on oneTBB (par:: entry points) in the current task arena; the
 // results do not depend on the thread count. Errors: dsv4::error naming the file, tensor or
 // argument. The forward allocates its working buffers per call (never inside a kernel).
+//
+// Non-finite values (forward_options::check_finite, on by default): the residual streams
+// are checked after every layer and the logits at the end; a NaN or Inf (a corrupt weight,
+// an overflow) is a dsv4::error naming the call, the layer, the position and the token
+// instead of a garbage token. The check reads S x 4 x dim bf16 values per layer (0.1 % of a
+// decode step's bytes). After any error from prefill or decode the sequence must be started
+// over with prefill (decode refuses it: its position is reset to 0).
 #pragma once
 
 #include "attention.hpp"
@@ -68,6 +75,7 @@ struct forward_options {
     std::size_t max_context = 0;  ///< positions a sequence may reach; 0: min(max_position_embeddings, 65536)
     std::size_t rope_table_rows = 8192;  ///< precomputed cos/sin rows per table (beyond: on the fly)
     bool validate = true;         ///< check every tensor against the config (validate_checkpoint)
+    bool check_finite = true;     ///< NaN/Inf in a layer's residual streams or the logits is a dsv4::error
 
     static forward_options for_revision(model_revision r) {
         forward_options o;
@@ -178,7 +186,7 @@ public:
             throw error("dsv4::model::prefill: " + std::to_string(n) + " tokens exceed the sequence capacity " +
                         std::to_string(s.max_context));
         s.pos = 0;
-        forward(s, ids, n, 0, logits, diag);
+        forward(s, ids, n, 0, logits, diag, "model::prefill");
         s.pos = int64_t(n);
     }
 
@@ -191,7 +199,12 @@ public:
         if (std::size_t(s.pos) >= s.max_context)
             throw error("dsv4::model::decode: position " + std::to_string(s.pos) + " reaches the sequence capacity " +
                         std::to_string(s.max_context));
-        forward(s, &id, 1, s.pos, logits, diag);
+        try {
+            forward(s, &id, 1, s.pos, logits, diag, "model::decode");
+        } catch (...) {
+            s.pos = 0;  // caches partly written: the sequence must start over
+            throw;
+        }
         s.pos += 1;
     }
 
@@ -526,8 +539,27 @@ private:
     }
 
     // ------------------------------------------------------------------ the whole forward
+    /// Throws if the residual streams Hs [S, 4, D] hold a NaN/Inf after layer l.
+    void check_finite_streams(const uint16_t* Hs, std::size_t S, std::size_t l, int64_t start, const int64_t* ids,
+                              const char* fn) const {
+        const std::size_t W = hc_mult * D_;
+        for (std::size_t t = 0; t < S; ++t) {
+            const uint16_t* h = Hs + t * W;
+            unsigned bad = 0;
+            for (std::size_t i = 0; i < W; ++i) bad |= (h[i] & 0x7F80u) == 0x7F80u;  // vectorizes
+            if (!bad) continue;
+            std::size_t i = 0;
+            while ((h[i] & 0x7F80u) != 0x7F80u) ++i;
+            throw error(std::string("dsv4::") + fn + ": non-finite hidden state (" +
+                        ((h[i] & 0x7Fu) ? "NaN" : "Inf") + " in stream " + std::to_string(i / D_) + ", element " +
+                        std::to_string(i % D_) + ") after layer " + std::to_string(l) + " at position " +
+                        std::to_string(start + int64_t(t)) + " (token id " + std::to_string(ids[t]) +
+                        "): a corrupt weight or an overflow (dsv4-generate --verify checks the weights)");
+        }
+    }
+
     void forward(sequence_state& s, const int64_t* ids, std::size_t S, int64_t start, float* logits,
-                 forward_diagnostics* diag) const {
+                 forward_diagnostics* diag, const char* fn) const {
         const std::size_t D = D_, W = hc_mult * D, L = layers_.size();
         std::vector<uint16_t> Hs(S * W), y(S * D), a(S * D);
         for (std::size_t t = 0; t < S; ++t)
@@ -564,6 +596,7 @@ private:
             par::moe_forward(moe_cfg_, w.moe, y.data(), D, ids, S, a.data(), D, msc);
             par::hc_post(hc_, a.data(), Hs.data(), post.data(), comb.data(), S, Hs.data());
             if (diag) std::memcpy(diag->layer_out.data() + l * W, Hs.data() + (S - 1) * W, W * sizeof(uint16_t));
+            if (opt_.check_finite) check_finite_streams(Hs.data(), S, l, start, ids, fn);
         }
 
         // hc_head -> final norm -> head, last position only
@@ -575,6 +608,15 @@ private:
         std::vector<float> zf(D);
         decode_bf16(z, zf.data(), D);
         par::bf16_gemv(head_, f32_rows{zf.data(), D, 1}, gemv_out{logits, nullptr, vocab()});
+        if (opt_.check_finite && S > 0) {
+            const std::size_t V = vocab();
+            for (std::size_t i = 0; i < V; ++i)
+                if (!std::isfinite(logits[i]))
+                    throw error(std::string("dsv4::") + fn + ": non-finite logit " + std::to_string(i) + " (" +
+                                (std::isnan(logits[i]) ? "NaN" : "Inf") + ") at position " +
+                                std::to_string(start + int64_t(S) - 1) + " (token id " + std::to_string(ids[S - 1]) +
+                                ")");
+        }
     }
 };
 

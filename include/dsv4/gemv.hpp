@@ -58,6 +58,8 @@ inline void fp8_acts_to_f32(const uint8_t* codes, std::size_t codes_stride, cons
                             std::size_t scales_stride, std::size_t m, std::size_t k, float* out, std::size_t out_stride) {
     detail::require(k % 128 == 0, "fp8_acts_to_f32", "k must be a multiple of 128");
     detail::require(m == 0 || (codes && scales && out), "fp8_acts_to_f32", "null pointer");
+    detail::require(m <= 1 || (codes_stride >= k && scales_stride >= k / 128 && out_stride >= k), "fp8_acts_to_f32",
+                    "stride smaller than the row");
     const auto fn = DSV4_KERNEL(fp8_acts_to_f32);
     for (std::size_t r = 0; r < m; ++r) fn(codes + r * codes_stride, scales + r * scales_stride, k, out + r * out_stride);
 }

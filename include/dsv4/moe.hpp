@@ -48,7 +48,9 @@
 #include "parallel.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 
 namespace dsv4 {
@@ -309,6 +311,11 @@ inline void check_experts(const moe_config& c, const moe_weights& w, const char*
             fn, "shared expert has the wrong shape (w1/w3 [inter, dim], w2 [dim, inter])");
 }
 
+/// A run must come from moe_begin (a default-constructed one has no config or weights).
+inline void check_run(const moe_run& r, const char* fn) {
+    require(r.cfg && r.w && r.scores && r.idx, fn, "run was not started by moe_begin");
+}
+
 inline moe_run moe_carve(const moe_config& c, const moe_scratch& s, std::size_t tokens, const char* fn) {
     require(s.max_tokens >= 1, fn, "scratch.max_tokens must be >= 1");
     require(tokens <= s.max_tokens, fn, "more tokens than scratch.max_tokens");
@@ -412,6 +419,7 @@ inline moe_run moe_begin(const moe_config& c, const moe_weights& w, const uint16
 /// Phase 1: gate logits l = f32(x) . f32(gate)^T (bf16_gemv) and scores sqrt(softplus(l))
 /// for experts [r0, r1), every token of the chunk.
 inline void moe_gate_rows(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_rows) {
+    detail::check_run(r, "moe_gate_rows");
     const moe_config& c = *r.cfg;
     detail::check_rows(r0, r1, c.n_experts, "moe_gate_rows");
     if (r.tokens == 0 || r0 == r1) return;
@@ -426,7 +434,13 @@ inline void moe_gate_rows(const moe_run& r, std::size_t r0 = 0, std::size_t r1 =
 /// Phase 2 (serial): expert selection (hash: tid2eid[token id]; else top-k of f32(s + bias),
 /// ties to the lower id), weights g = s[idx] / sum(s[idx]) * route_scale from the UNBIASED
 /// scores, and the grouping of tokens per expert.
+/// NaN scores (a NaN in x or in a gate / bias row): a NaN selection value ranks below every
+/// number (ties to the lower id, so the choice stays defined and in range), and a score-
+/// routed token with any NaN score or selection value gets NaN weights, so that the NaN
+/// reaches the layer output instead of silently dropping an expert. Hash-routed tokens use
+/// only the scores of their tid2eid experts (a NaN there propagates the same way).
 inline void moe_route(moe_run& r) {
+    detail::check_run(r, "moe_route");
     const moe_config& c = *r.cfg;
     const moe_gate_weights& g = r.w->gate;
     const std::size_t E = c.n_experts, K = c.topk, T = r.tokens;
@@ -442,11 +456,15 @@ inline void moe_route(moe_run& r) {
             const float* bias = g.bias;  // f32(s + bias), for the selection only
             detail::topk_lower_id([s, bias](std::size_t e) { return s[e] + bias[e]; }, E, K, idx);
         }
+        bool nan = false;  // see above: a NaN the selection skipped must still show
+        if (!g.tid2eid)
+            for (std::size_t e = 0; e < E; ++e) nan |= std::isnan(g.bias ? s[e] + g.bias[e] : s[e]);
         std::sort(idx, idx + K);
         double sum = 0.0;  // <= 16 f32 terms: exact in double, rounded once like the reference
         for (std::size_t j = 0; j < K; ++j) sum += double(s[idx[j]]);
         const float den = float(sum);
-        for (std::size_t j = 0; j < K; ++j) r.weights[t * K + j] = (s[idx[j]] / den) * c.route_scale;
+        for (std::size_t j = 0; j < K; ++j)
+            r.weights[t * K + j] = nan ? std::numeric_limits<float>::quiet_NaN() : (s[idx[j]] / den) * c.route_scale;
     }
     // group per expert: tokens ascending inside each expert, experts ascending
     std::fill(r.count, r.count + E, 0u);
@@ -472,6 +490,7 @@ inline void moe_route(moe_run& r) {
 /// f32 (the shared expert's input, and the routed one's in reference mode) or int8 per 32
 /// (fast mode), then copied to the token's slot of each of its experts (T > 1).
 inline void moe_prepare(const moe_run& r, std::size_t t0 = 0, std::size_t t1 = all_rows) {
+    detail::check_run(r, "moe_prepare");
     const moe_config& c = *r.cfg;
     detail::check_rows(t0, t1, r.tokens, "moe_prepare");
     const std::size_t D = c.dim, K = c.topk;
@@ -506,6 +525,7 @@ inline std::size_t moe_up_units(const moe_run& r) noexcept {
 /// the down projection. The last inter/128 units are the shared expert's (FP8 w1 and w3,
 /// SwiGLU with the shared clamp, no routing weight).
 inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_rows) {
+    detail::check_run(r, "moe_up");
     const moe_config& c = *r.cfg;
     detail::check_rows(u0, u1, moe_up_units(r), "moe_up");
     const std::size_t I = c.inter, D = c.dim, nch = I / detail::moe_up_rows, T = r.tokens;
@@ -548,6 +568,7 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
 /// and of the shared expert, then y[t, r0:r1] = bf16(f32 sum of the token's expert outputs in
 /// ascending expert id, then the shared output), spec §8.4.
 inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_rows) {
+    detail::check_run(r, "moe_down");
     const moe_config& c = *r.cfg;
     detail::check_rows(r0, r1, c.dim, "moe_down");
     const std::size_t I = c.inter, D = c.dim, K = c.topk, T = r.tokens;

@@ -177,6 +177,13 @@ template <class Arch> DSV4_INLINE uint32_t bf16_block_amax_bits(const uint16_t* 
     return m;
 }
 
+/// Whether a bf16 block holds a NaN (bf16_block_amax_bits ignores them).
+DSV4_INLINE bool bf16_block_has_nan(const uint16_t* x, std::size_t n) noexcept {
+    bool nan = false;
+    for (std::size_t i = 0; i < n; ++i) nan |= (x[i] & 0x7FFFu) > 0x7F80u;
+    return nan;
+}
+
 /// Scale exponent e of a block (scale 2^e), per spec §2.1.
 DSV4_INLINE int block_scale_exponent(uint32_t amax_bits, float qmax, float floor) noexcept {
     return pow2_scale_exponent(f32_from_bits(amax_bits), qmax, floor);
@@ -231,12 +238,14 @@ void act_quant_fp8_sim_row(uint16_t* x, std::size_t n, std::size_t block, fp8_si
 inline constexpr std::size_t fp4_block = 32;
 
 /// FP4 act_quant, GEMM-input form, one row of n bf16 values (n % 32 == 0): packed
-/// e2m1 codes (low nibble = even element) and one E8M0 scale per 32.
+/// e2m1 codes (low nibble = even element) and one E8M0 scale per 32. e2m1 has no NaN: a
+/// block holding a NaN gets the E8M0 NaN scale 0xFF (as an Inf's huge amax does), so the
+/// NaN is not lost (the reference's NaN amax makes the whole block NaN).
 template <class Arch>
 void fp4_act_quant_row(const uint16_t* x, std::size_t n, uint8_t* packed, uint8_t* scales) noexcept {
     for (std::size_t b0 = 0, bi = 0; b0 < n; b0 += fp4_block, ++bi) {
         const int e = block_scale_exponent(bf16_block_amax_bits<Arch>(x + b0, fp4_block), fp4_max, fp4_amax_floor);
-        scales[bi] = e8m0_of(e);
+        scales[bi] = bf16_block_has_nan(x + b0, fp4_block) ? uint8_t(0xFF) : e8m0_of(e);
         const float inv = exp2i(-e);
         alignas(64) float q[fp4_block];
         decode_bf16<Arch>(x + b0, q, fp4_block);
@@ -248,10 +257,15 @@ void fp4_act_quant_row(const uint16_t* x, std::size_t n, uint8_t* packed, uint8_
     }
 }
 
-/// FP4 simulation in place: x <- bf16(e2m1(x / s) * s), blocks of 32.
+/// FP4 simulation in place: x <- bf16(e2m1(x / s) * s), blocks of 32. A block holding a
+/// NaN becomes all NaN (the reference's amax is NaN there; e2m1 cannot carry it).
 template <class Arch> void fp4_act_quant_sim_row(uint16_t* x, std::size_t n) noexcept {
     constexpr std::size_t W = simd::lanes<Arch>();
     for (std::size_t b0 = 0; b0 < n; b0 += fp4_block) {
+        if (bf16_block_has_nan(x + b0, fp4_block)) {
+            for (std::size_t i = 0; i < fp4_block; ++i) x[b0 + i] = 0x7FC0;
+            continue;
+        }
         const int e = block_scale_exponent(bf16_block_amax_bits<Arch>(x + b0, fp4_block), fp4_max, fp4_amax_floor);
         const float inv = exp2i(-e), s = exp2i(e);
         std::size_t i = 0;

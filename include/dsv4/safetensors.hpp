@@ -26,6 +26,13 @@
 // flags; the plain-data views (tensor_view, tensor_shape) may cross freely.
 // The files must not be truncated while mapped (reading a page past the new end raises
 // SIGBUS; nothing in user space can prevent that).
+//
+// verify_checkpoint(ck) is the optional byte-level pass (dsv4-generate --verify): it reads
+// every tensor's bytes with pread (never through the mapping, so an I/O error or a file cut
+// short is a reported problem naming the file and tensor, not a SIGBUS) and reports FP8 e4m3
+// NaN codes (0x7F, 0xFF), E8M0 NaN scales (0xFF) and non-finite BF16 / F16 / F32 values, per
+// tensor with the count and the first element. FP4 (I8), integer and BOOL tensors have no
+// invalid bit patterns and are only read.
 #pragma once
 
 #include "config.hpp"
@@ -33,7 +40,9 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -44,6 +53,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -117,6 +127,33 @@ struct memory_report {
     /// already cached next to a touched one (up to 64 KiB per fault by default). Empty if
     /// /proc is not readable.
     std::optional<uint64_t> bytes_touched;
+};
+
+/// One tensor that failed verify_checkpoint.
+struct verify_problem {
+    std::string tensor;     ///< tensor name
+    std::string file;       ///< the file that holds it
+    std::string what;       ///< e.g. "3 FP8 e4m3 NaN codes (0x7F/0xFF), first at element 17"
+    uint64_t count = 0;     ///< bad elements (0 for a read error)
+    uint64_t first = 0;     ///< index of the first bad element (row-major, in elements)
+    bool read_error = false;  ///< the bytes could not be read (I/O error, file shorter than its header says)
+};
+
+/// Result of verify_checkpoint.
+struct verify_report {
+    std::size_t files = 0, tensors = 0;
+    uint64_t bytes = 0;    ///< tensor bytes read and checked
+    double seconds = 0;    ///< wall time of the pass
+    unsigned threads = 0;  ///< reader threads used
+    std::vector<verify_problem> problems;  ///< sorted by tensor name; empty if everything is fine
+    bool ok() const noexcept { return problems.empty(); }
+    double gb_per_s() const noexcept { return seconds > 0 ? double(bytes) / seconds * 1e-9 : 0.0; }
+};
+
+/// Options of verify_checkpoint.
+struct verify_options {
+    unsigned threads = 0;               ///< reader threads; 0: std::thread::hardware_concurrency()
+    std::size_t chunk_bytes = 8u << 20;  ///< bytes per pread (rounded up to a multiple of 64)
 };
 
 inline namespace DSV4_ISA_NS {
@@ -743,6 +780,209 @@ private:
     // relocate them.
     std::unique_ptr<state> s_;
 };
+
+// ------------------------------------------------------------------------------ verification
+
+namespace detail {
+/// Bad elements of one chunk: count and the first one (index within the chunk).
+struct verify_scan {
+    uint64_t count = 0;
+    uint64_t first = UINT64_MAX;
+};
+template <class T, class Bad> verify_scan scan_elements(const T* v, std::size_t n, Bad&& bad) noexcept {
+    verify_scan r;
+    for (std::size_t i = 0; i < n; ++i) r.count += bad(v[i]) ? 1u : 0u;  // branch-free: vectorizes
+    if (r.count)
+        for (std::size_t i = 0; i < n; ++i)
+            if (bad(v[i])) {
+                r.first = i;
+                break;
+            }
+    return r;
+}
+/// Invalid bit patterns of `t` in n_bytes bytes at p (aligned to 8, whole elements).
+inline verify_scan scan_invalid(dtype t, const unsigned char* p, std::size_t n_bytes) noexcept {
+    switch (t) {
+        case dtype::f8_e4m3: return scan_elements(p, n_bytes, [](uint8_t b) { return (b & 0x7F) == 0x7F; });
+        case dtype::f8_e8m0: return scan_elements(p, n_bytes, [](uint8_t b) { return b == 0xFF; });
+        case dtype::bf16:
+            return scan_elements(reinterpret_cast<const uint16_t*>(p), n_bytes / 2,
+                                 [](uint16_t v) { return (v & 0x7F80) == 0x7F80; });
+        case dtype::f16:
+            return scan_elements(reinterpret_cast<const uint16_t*>(p), n_bytes / 2,
+                                 [](uint16_t v) { return (v & 0x7C00) == 0x7C00; });
+        case dtype::f32:
+            return scan_elements(reinterpret_cast<const uint32_t*>(p), n_bytes / 4,
+                                 [](uint32_t v) { return (v & 0x7F800000u) == 0x7F800000u; });
+        default: return {};  // FP4 in I8, integers, BOOL: every pattern is valid
+    }
+}
+inline const char* invalid_kind(dtype t, bool plural) {
+    switch (t) {
+        case dtype::f8_e4m3: return plural ? "FP8 e4m3 NaN codes (0x7F/0xFF)" : "FP8 e4m3 NaN code (0x7F/0xFF)";
+        case dtype::f8_e8m0: return plural ? "E8M0 NaN scales (0xFF)" : "E8M0 NaN scale (0xFF)";
+        default: return plural ? "non-finite values (NaN/Inf)" : "non-finite value (NaN/Inf)";
+    }
+}
+}  // namespace detail
+
+/// Reads every byte of every tensor of `ck` with pread (not through the mapping) and checks
+/// the bit patterns: FP8 e4m3 NaN codes (0x7F, 0xFF), E8M0 NaN scales (0xFF), NaN/Inf in BF16,
+/// F16 and F32 tensors. Read errors and short reads (a file cut after it was opened) are
+/// problems of the tensor being read. Never throws for what it finds: every problem is in
+/// the report (one entry per tensor, sorted by name). Chunks of opt.chunk_bytes are spread
+/// over opt.threads reader threads in file order (sequential reads per file stay close).
+/// Throws dsv4::error only for bad options.
+inline verify_report verify_checkpoint(const checkpoint& ck, const verify_options& opt = {}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (opt.chunk_bytes == 0) throw error("dsv4::verify_checkpoint: chunk_bytes must be positive");
+    const std::size_t chunk = (opt.chunk_bytes + 63) / 64 * 64;
+    verify_report rep;
+    const std::vector<std::string> files = ck.files();
+    const auto views = ck.tensors();
+    rep.files = files.size();
+    rep.tensors = views.size();
+
+    // Tensors in file order (file, then offset) so that the chunks of one file are read
+    // front to back.
+    struct item {
+        const tensor_view* t;
+        std::size_t file;
+    };
+    std::vector<item> order;
+    order.reserve(views.size());
+    for (const auto& v : views) {
+        std::size_t f = 0;
+        while (f < files.size() && files[f] != v.file) ++f;
+        order.push_back({&v, f});
+    }
+    std::sort(order.begin(), order.end(), [](const item& a, const item& b) {
+        return a.file != b.file ? a.file < b.file : a.t->file_offset < b.t->file_offset;
+    });
+
+    // One descriptor per file (pread is safe from any thread); a file that no longer opens
+    // is a read error of each of its tensors.
+    std::vector<int> fds(files.size(), -1);
+    std::vector<std::string> open_err(files.size());
+    for (std::size_t f = 0; f < files.size(); ++f) {
+        try {
+            uint64_t size = 0;
+            fds[f] = detail::open_regular(files[f], size, "file");
+            (void)::posix_fadvise(fds[f], 0, 0, POSIX_FADV_SEQUENTIAL);
+        } catch (const error& e) {
+            open_err[f] = e.what();
+        }
+    }
+
+    struct piece {
+        std::size_t item;
+        uint64_t offset, bytes;  // within the tensor
+    };
+    struct result {
+        detail::verify_scan scan;
+        int err = 0;              // errno of a failed pread
+        bool short_read = false;  // the file ended early
+        uint64_t at = 0;          // file offset of the failure
+    };
+    std::vector<piece> pieces;
+    for (std::size_t i = 0; i < order.size(); ++i)
+        if (fds[order[i].file] >= 0)
+            for (uint64_t o = 0; o < order[i].t->bytes; o += chunk)
+                pieces.push_back({i, o, std::min<uint64_t>(chunk, order[i].t->bytes - o)});
+    std::vector<result> results(pieces.size());
+
+    unsigned n_threads = opt.threads ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
+    n_threads = unsigned(std::max<std::size_t>(1, std::min<std::size_t>(n_threads, pieces.size())));
+    rep.threads = n_threads;
+    std::atomic<std::size_t> next{0};
+    std::atomic<uint64_t> bytes_read{0};
+    auto worker = [&]() {
+        std::unique_ptr<uint64_t[]> buf(new uint64_t[chunk / 8]);
+        unsigned char* b = reinterpret_cast<unsigned char*>(buf.get());
+        for (std::size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < pieces.size();) {
+            const piece& pc = pieces[i];
+            const item& it = order[pc.item];
+            result& r = results[i];
+            const uint64_t base = it.t->file_offset + pc.offset;
+            uint64_t got = 0;
+            while (got < pc.bytes) {
+                const ssize_t n = ::pread(fds[it.file], b + got, std::size_t(pc.bytes - got), off_t(base + got));
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) {
+                    if (n < 0) r.err = errno;
+                    else r.short_read = true;
+                    r.at = base + got;
+                    break;
+                }
+                got += uint64_t(n);
+            }
+            bytes_read.fetch_add(got, std::memory_order_relaxed);
+            if (got == pc.bytes) r.scan = detail::scan_invalid(it.t->type, b, std::size_t(pc.bytes));
+        }
+    };
+    if (!pieces.empty()) {
+        std::vector<std::thread> pool;
+        try {
+            for (unsigned k = 1; k < n_threads; ++k) pool.emplace_back(worker);
+        } catch (const std::system_error&) {  // fewer threads than asked: the others share the work
+        }
+        worker();
+        for (auto& th : pool) th.join();
+    }
+    for (int fd : fds)
+        if (fd >= 0) ::close(fd);
+
+    // Merge the pieces of each tensor (pieces are in item order).
+    std::size_t p = 0;
+    for (std::size_t i = 0; i < order.size(); ++i) {
+        const tensor_view& t = *order[i].t;
+        verify_problem pr;
+        pr.tensor = std::string(t.name);
+        pr.file = std::string(t.file);
+        const std::string& oe = open_err[order[i].file];
+        if (!oe.empty()) {
+            pr.read_error = true;
+            pr.what = "not read: " + oe;
+            rep.problems.push_back(std::move(pr));
+            continue;
+        }
+        uint64_t count = 0, first = UINT64_MAX;
+        const result* failed = nullptr;
+        const std::size_t es = dtype_size(t.type);
+        for (; p < pieces.size() && pieces[p].item == i; ++p) {
+            const result& r = results[p];
+            if ((r.err || r.short_read) && !failed) failed = &r;
+            count += r.scan.count;
+            if (r.scan.count && first == UINT64_MAX) first = pieces[p].offset / es + r.scan.first;
+        }
+        if (failed) {
+            pr.read_error = true;
+            pr.what = failed->short_read ? "short read: the file ends at byte " + std::to_string(failed->at) +
+                                               ", inside the tensor's data [" + std::to_string(t.file_offset) + ", " +
+                                               std::to_string(t.file_offset + t.bytes) + ")"
+                                         : "read error at file offset " + std::to_string(failed->at) + ": " +
+                                               detail::errno_text(failed->err);
+        } else if (count) {
+            pr.count = count;
+            pr.first = first;
+            pr.what = std::to_string(count) + " " + detail::invalid_kind(t.type, count > 1) + ", first at element " +
+                      std::to_string(first) + " of " + std::string(dtype_name(t.type)) + " " + to_string(t.shape);
+        } else {
+            continue;
+        }
+        rep.problems.push_back(std::move(pr));
+    }
+    std::sort(rep.problems.begin(), rep.problems.end(),
+              [](const verify_problem& a, const verify_problem& b) { return a.tensor < b.tensor; });
+    rep.bytes = bytes_read.load();
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return rep;
+}
+
+/// One line for a problem: "FILE: tensor 'NAME': WHAT".
+inline std::string to_string(const verify_problem& p) {
+    return p.file + ": tensor " + detail::quote(p.tensor) + ": " + p.what;
+}
 
 }  // namespace DSV4_ISA_NS
 }  // namespace dsv4

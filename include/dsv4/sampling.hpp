@@ -29,6 +29,7 @@ inline namespace DSV4_ISA_NS {
 class sampler {
 public:
     sampler(std::size_t vocab, const sampling_params& p) : p_(p), order_(vocab), prob_(vocab) {
+        if (vocab == 0 || vocab > std::size_t(INT32_MAX)) throw error("sampler: vocab must be in [1, 2^31)");
         if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature))
             throw error("sampler: temperature must be a finite number >= 0, got " + std::to_string(p.temperature));
         if (!(p.top_p > 0.0f && p.top_p <= 1.0f))
@@ -38,9 +39,12 @@ public:
     }
 
     /// Picks the next token id. Throws dsv4::error if the logits contain NaN (a broken
-    /// forward pass must not turn into a silently "sampled" token).
+    /// forward pass must not turn into a silently "sampled" token). +Inf logits: the first
+    /// +Inf is picked (greedy and sampled alike); -Inf logits have probability 0, and a row
+    /// of only -Inf gives id 0.
     int32_t pick(const float* logits, std::size_t vocab) {
         if (vocab != prob_.size()) throw error("sampler: vocab size changed");
+        if (!logits) throw error("sampler: logits is null");
         std::size_t best = 0;
         for (std::size_t i = 0; i < vocab; ++i) {
             if (std::isnan(logits[i])) throw error("sampler: logit " + std::to_string(i) + " is NaN");

@@ -50,9 +50,10 @@ namespace idx_detail {
 /// bf16 RNE of a finite f32 (either sign): the carry trick on the bit pattern.
 template <class V> DSV4_INLINE V round_bf16_finite(V x) noexcept { return simd::round_bf16_nonneg(x); }
 
-/// The per-head epilogue: s += bf16(bf16(relu(dot)) * w).
+/// The per-head epilogue: s += bf16(bf16(relu(dot)) * w). relu(NaN) = NaN (as torch.relu):
+/// vmax returns its second operand when one is NaN.
 template <class V> DSV4_INLINE V head_term(V dot, V w) noexcept {
-    const V r = round_bf16_finite(simd::vmax(dot, V(0.0f)));
+    const V r = round_bf16_finite(simd::vmax(V(0.0f), dot));
     return round_bf16_finite(simd::rounded(r * w));
 }
 

@@ -75,6 +75,7 @@ template <class A> DSV4_INLINE void store_bf16(uint16_t* p, freg<A> v) noexcept 
 }
 
 DSV4_INLINE float fmadd(float a, float b, float c) noexcept { return std::fma(a, b, c); }
+// vmax / vmin return b when a or b is NaN (as maxps / minps do): vmax(c, x) propagates a NaN x.
 DSV4_INLINE float vmax(float a, float b) noexcept { return a > b ? a : b; }
 DSV4_INLINE float vmin(float a, float b) noexcept { return a < b ? a : b; }
 DSV4_INLINE int32_t to_bits(float x) noexcept { return std::bit_cast<int32_t>(x); }
@@ -146,9 +147,10 @@ template <class V> DSV4_INLINE V round_bf16_nonneg(V x) noexcept {
 /// e^x in f32 for any x, the same bits on every tier (Cephes expf: Cody-Waite reduction
 /// by ln 2, degree-6 polynomial; within 1 ulp of the correctly rounded value over
 /// [-87, 88], checked in tests). Results below 2^-126 are gradual (subnormal), x < -104
-/// gives +0, x > 88.73 gives +inf; -inf gives +0.
+/// gives +0, x > 88.73 gives +inf; -inf gives +0; NaN gives NaN (the clamp keeps it: vmax
+/// and vmin return their second operand when one is NaN, on every tier).
 template <class V> DSV4_INLINE V exp_f32(V x) noexcept {
-    x = vmin(vmax(x, V(-110.0f)), V(100.0f));
+    x = vmin(V(100.0f), vmax(V(-110.0f), x));
     const V magic(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer (RNE)
     const V t = rounded(rounded(x * V(1.44269504088896341f)) + magic);
     const auto n = to_bits(t) - to_bits(magic);  // round(x / ln2), |n| <= 160
