@@ -153,8 +153,8 @@ DSV4_INLINE void dot_fp8_row(const uint8_t* w, const uint8_t* scale_row, std::si
                 vf p[MT];
                 for (auto& q : p) q = vf(0.0f);
                 for (std::size_t i = b0; i < b0 + B; i += 16) {
-                    const vf wv(simd::fp8_to_f32_bits(Arch{}, w + i));
-                    for (std::size_t j = 0; j < MT; ++j) p[j] = simd::fmadd(wv * vf(0x1p120f), vf::load_unaligned(x[j] + i), p[j]);
+                    const vf wv = vf(simd::fp8_to_f32_bits(Arch{}, w + i)) * vf(0x1p120f);  // exact e4m3
+                    for (std::size_t j = 0; j < MT; ++j) p[j] = simd::fmadd(wv, vf::load_unaligned(x[j] + i), p[j]);
                 }
                 const vf s(e8m0.v[e]);
                 for (std::size_t j = 0; j < MT; ++j) acc[j][0] = simd::fmadd(p[j], s, acc[j][0]);
@@ -482,34 +482,22 @@ void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out
 }
 
 namespace gemv_detail {
-/// Shared driver of the fused gate+up kernels: for each row n and M tile, dot(MT, n, m0,
-/// matrix, y) fills y[0..MT) for w1 then w3, and the SwiGLU epilogue writes h[m, n].
+/// Shared driver of the fused gate+up kernels: for_rows_and_tiles with a row kernel that
+/// runs dot(MT, n, m0, matrix, y) for w1 then w3 and applies the SwiGLU epilogue, so h[m, n]
+/// is written once, in the same row blocks and M tiles as every GEMV.
 template <class Dot>
 DSV4_INLINE void gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, std::size_t m, const swiglu_epilogue& e,
                               const gemv_out& out, std::size_t r0, std::size_t r1, Dot&& dot) {
-    const std::size_t rb = m > gemv_m_tile ? gemv_row_block : 1;  // as in for_rows_and_tiles
-    for (std::size_t n0 = r0; n0 < r1; n0 += rb) {
-        const std::size_t n1 = std::min(r1, n0 + rb);
-        for (std::size_t m0 = 0; m0 < m; m0 += gemv_m_tile) {
-            const std::size_t mt = std::min(gemv_m_tile, m - m0);
-            for (std::size_t n = n0; n < n1; ++n) {
-                float y1[gemv_m_tile], y3[gemv_m_tile];
-                auto both = [&]<std::size_t MT>() {
-                    dot.template operator()<MT>(n, m0, w1, y1);
-                    dot.template operator()<MT>(n, m0, w3, y3);
-                };
-                switch (mt) {
-                    case 4: both.template operator()<4>(); break;
-                    case 3: both.template operator()<3>(); break;
-                    case 2: both.template operator()<2>(); break;
-                    default: both.template operator()<1>(); break;
-                }
-                for (std::size_t j = 0; j < mt; ++j)
-                    store_out(out, m0 + j, n,
-                              swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f, e.limit));
-            }
-        }
-    }
+    for_rows_and_tiles(
+        m, r0, r1,
+        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
+            float y1[MT], y3[MT];
+            dot.template operator()<MT>(n, m0, w1, y1);
+            dot.template operator()<MT>(n, m0, w3, y3);
+            for (std::size_t j = 0; j < MT; ++j)
+                y[j] = swiglu(y1[j], y3[j], e.route_weights ? e.route_weights[m0 + j] : 1.0f, e.limit);
+        },
+        [&](std::size_t mi, std::size_t n, float v) { store_out(out, mi, n, v); });
 }
 }  // namespace gemv_detail
 

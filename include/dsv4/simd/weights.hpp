@@ -72,6 +72,15 @@ DSV4_INLINE __m128 fp4_w_scales4(const uint8_t* sw) noexcept {
     f = _mm_blendv_ps(f, _mm_set1_ps(0x1p-127f), _mm_castsi128_ps(_mm_cmpeq_epi32(e, _mm_setzero_si128())));
     return _mm_mul_ps(f, _mm_set1_ps(0.5f));
 }
+/// The same for 8 consecutive blocks (AVX2 superblocks).
+DSV4_INLINE __m256 fp4_w_scales8(const uint8_t* sw) noexcept {
+    int64_t raw;
+    std::memcpy(&raw, sw, 8);
+    const __m256i e = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(raw));
+    __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+    f = _mm256_blendv_ps(f, _mm256_set1_ps(0x1p-127f), _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
+    return _mm256_mul_ps(f, _mm256_set1_ps(0.5f));
+}
 #endif
 
 #if defined(__AVX2__)
@@ -173,16 +182,7 @@ DSV4_INLINE void fp4q8_super_fma(A, const uint8_t* w, const uint8_t* sw, const i
     }
     // block_sums4 of [g0h0, g0h1, g1h0, g1h1] puts natural block 2i + h in lane 4h + i
     const __m256i to_lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-    __m256 ws[2];
-    DSV4_UNROLL
-    for (int p = 0; p < 2; ++p) {
-        int64_t raw;
-        std::memcpy(&raw, sw + 8 * p, 8);
-        const __m256i e = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(raw));
-        __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-        f = _mm256_blendv_ps(f, _mm256_set1_ps(0x1p-127f), _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
-        ws[p] = _mm256_mul_ps(f, _mm256_set1_ps(0.5f));
-    }
+    const __m256 ws[2] = {fp4_w_scales8(sw), fp4_w_scales8(sw + 8)};
     DSV4_UNROLL
     for (std::size_t j = 0; j < MT; ++j) {
         const int8_t* aj = a[j] + g0;
