@@ -50,10 +50,10 @@ void usage(FILE* f) {
                  "usage: dsv4-generate --model DIR (--prompt-ids ID,ID,... | --prompt-file FILE)\n"
                  "                     [--max-new-tokens N=16] [--temperature T=0 (greedy)] [--top-p P=1]\n"
                  "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
-                 "                     [--numerics reference|fast] [--ignore-eos]\n"
-                 "Generation stops after the config's eos_token_id unless --ignore-eos.\n"
-                 "                     [--max-context N] [--verify]\n"
+                 "                     [--max-context N] [--numerics reference|fast] [--ignore-eos] [--verify]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
+                 "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
+                 "the routed experts on int8 activations.\n"
                  "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
                  "errors (exit 1 if any); without a prompt it verifies and exits.\n"
                  "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni forces a kernel tier.\n");
