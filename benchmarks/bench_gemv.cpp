@@ -3,7 +3,9 @@
 //   fp4_gemv/<tier>/<N>x<K>/m<M>/t<T>       fastest FP4 path (int8 activations)
 //   fp4_gemv_ref/<tier>/...                 reference mode (exact FP8 activations)
 //   fp4_gate_up/<tier>/..., fp4_gate_up_ref  fused expert w1+w3+SwiGLU (2 matrices)
-//   fp8_gemv/<tier>/..., fp8_grouped_gemv/<tier>/8x1024x4096/... (wo_a)
+//   fp8_gemv/<tier>/..., fp8_grouped_gemv/<tier>/8x1024x4096/... (wo_a)   fast FP8 mode
+//                                           (bf16 block activations, vdpbf16ps on avx512_bf16)
+//   fp8_gemv_ref/<tier>/..., fp8_grouped_gemv_ref/<tier>/...              reference mode
 //   bf16_gemv/<tier>/..., f32_gemv/<tier>/...
 // Counters: bytes_per_second (weight bytes), GFLOP/s, bw_frac = achieved bytes/s over the
 // streaming-read ceiling measured by this binary on the same bytes (same copies, threads).
@@ -70,6 +72,8 @@ struct acts {
     std::vector<float> d;
     std::vector<int32_t> c;
     std::vector<float> route;
+    std::vector<uint16_t> xb;  // fast FP8 mode: to_bf16_blocks of f32
+    std::vector<int32_t> shift;
 };
 acts make_acts(std::size_t m, std::size_t k) {
     acts a;
@@ -83,6 +87,11 @@ acts make_acts(std::size_t m, std::size_t k) {
         a.d.resize(m * k / 32);
         a.c.resize(m * k / 8);
         dsv4::quantize_q8(xb.data(), k, m, k, a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 8);
+    }
+    if (k % 128 == 0) {
+        a.xb.resize(m * k);
+        a.shift.resize(m * k / 128);
+        dsv4::to_bf16_blocks(a.f32.data(), k, m, k, a.xb.data(), k, a.shift.data(), k / 128);
     }
     a.route.assign(m, 0.3f);
     return a;
@@ -184,7 +193,8 @@ const bool registered = [] {
                 for (const auto& nk : {std::pair<std::size_t, std::size_t>{1024, 4096}, {32768, 1024}, {512, 4096},
                                     {4096, 8192}, {2048, 4096}, {4096, 2048}}) {
                     const std::size_t n = nk.first, k = nk.second;
-                    reg("fp8_gemv/" + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
+                    for (bool fast : {true, false})
+                    reg(std::string(fast ? "fp8_gemv/" : "fp8_gemv_ref/") + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
                         const auto& K = *dsv4::kernels_for(tier);
                         auto& ws = weights(fmt::fp8, n, k);
                         const auto a = make_acts(m, k);
@@ -192,12 +202,16 @@ const bool registered = [] {
                         run(st, n, double(ws.w_bytes + ws.s_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
                             [&](std::size_t c, std::size_t r0, std::size_t r1) {
                                 const dsv4::fp8_matrix W{ws.w[c].data(), k, ws.s[c].data(), k / 128, n, k};
-                                K.fp8_gemv_rows(W, {a.f32.data(), k, m}, {y.data(), nullptr, n}, r0, r1);
+                                if (fast)
+                                    K.fp8_gemv_bf16_rows(W, {a.xb.data(), k, a.shift.data(), k / 128, m}, {y.data(), nullptr, n}, r0, r1);
+                                else
+                                    K.fp8_gemv_rows(W, {a.f32.data(), k, m}, {y.data(), nullptr, n}, r0, r1);
                             });
                     });
                 }
                 // wo_a: 8 groups of 1024x4096 (bf16 activations, no act_quant)
-                reg("fp8_grouped_gemv/" + ts + "/8x1024x4096/m" + std::to_string(m) + "/t" + std::to_string(t),
+                for (bool fast : {true, false})
+                reg(std::string(fast ? "fp8_grouped_gemv/" : "fp8_grouped_gemv_ref/") + ts + "/8x1024x4096/m" + std::to_string(m) + "/t" + std::to_string(t),
                     [=](benchmark::State& st) {
                         const auto& K = *dsv4::kernels_for(tier);
                         const std::size_t n = 8192, k = 4096;
@@ -207,7 +221,10 @@ const bool registered = [] {
                         run(st, n, double(ws.w_bytes + ws.s_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
                             [&](std::size_t c, std::size_t r0, std::size_t r1) {
                                 const dsv4::fp8_matrix W{ws.w[c].data(), k, ws.s[c].data(), k / 128, n, k};
-                                K.fp8_grouped_gemv_rows(W, 8, {a.f32.data(), 8 * k, m}, {y.data(), nullptr, n}, r0, r1);
+                                if (fast)
+                                    K.fp8_grouped_gemv_bf16_rows(W, 8, {a.xb.data(), 8 * k, a.shift.data(), 8 * k / 128, m}, {y.data(), nullptr, n}, r0, r1);
+                                else
+                                    K.fp8_grouped_gemv_rows(W, 8, {a.f32.data(), 8 * k, m}, {y.data(), nullptr, n}, r0, r1);
                             });
                     });
                 // BF16: gate 256x4096, head 129280x4096

@@ -19,6 +19,7 @@ const kernel_table* kernels_for(tier t) noexcept {
         case tier::avx2_vnni: return &detail::kernel_table_avx2_vnni();
         case tier::avx512: return &detail::kernel_table_avx512();
         case tier::avx512_vnni: return &detail::kernel_table_avx512_vnni();
+        case tier::avx512_bf16: return &detail::kernel_table_avx512_bf16();
     }
     return nullptr;
 }
@@ -30,7 +31,7 @@ tier resolve_tier() {
     tier t{};
     if (!parse_tier(env, t))
         throw error(std::string("DSV4_ISA='") + env +
-                    "' is not a tier; use one of scalar, avx2, avx2_vnni, avx512, avx512_vnni");
+                    "' is not a tier; use one of scalar, avx2, avx2_vnni, avx512, avx512_vnni, avx512_bf16");
     if (!tier_supported(t, host_cpu()))
         throw error(std::string("DSV4_ISA='") + env + "': this CPU cannot run that tier (best: " +
                     std::string(tier_name(best_tier(host_cpu()))) + ")");

@@ -5,7 +5,7 @@
 #include <dsv4/dispatch.hpp>
 
 #ifndef DSV4_TIER_NAME
-#  error "compile with -DDSV4_TIER_NAME=<scalar|avx2|avx2_vnni|avx512|avx512_vnni>"
+#  error "compile with -DDSV4_TIER_NAME=<scalar|avx2|avx2_vnni|avx512|avx512_vnni|avx512_bf16>"
 #endif
 
 #define DSV4_CAT2(a, b) a##b

@@ -56,7 +56,7 @@ void usage(FILE* f) {
                  "the routed experts on int8 activations.\n"
                  "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
                  "errors (exit 1 if any); without a prompt it verifies and exits.\n"
-                 "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni forces a kernel tier.\n");
+                 "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni|avx512_bf16 forces a kernel tier.\n");
 }
 
 /// Token ids separated by commas and/or white space; every one a plain non-negative integer.

@@ -240,6 +240,8 @@ TEST_CASE("dispatch: tiers are composed from feature bits and the OS state check
     CHECK(dsv4::best_tier(f) == dsv4::tier::avx512);
     f.avx512_vnni = true;
     CHECK(dsv4::best_tier(f) == dsv4::tier::avx512_vnni);
+    f.avx512_bf16 = true;
+    CHECK(dsv4::best_tier(f) == dsv4::tier::avx512_bf16);
     dsv4::tier t{};
     CHECK(dsv4::parse_tier("avx2_vnni", t));
     CHECK(t == dsv4::tier::avx2_vnni);

@@ -15,7 +15,10 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
     defined(__AVX512VL__) && defined(__AVX512CD__) && defined(__FMA__) && defined(__F16C__)
-#  if defined(__AVX512VNNI__)
+#  if defined(__AVX512VNNI__) && defined(__AVX512BF16__)
+#    define DSV4_ISA_NS isa_avx512_bf16
+#    define DSV4_NATIVE_TIER_ID 5
+#  elif defined(__AVX512VNNI__)
 #    define DSV4_ISA_NS isa_avx512_vnni
 #    define DSV4_NATIVE_TIER_ID 4
 #  else

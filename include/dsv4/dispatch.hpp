@@ -45,6 +45,9 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.bf16_gemv_rows = &kernels::bf16_gemv_rows<Arch>;
     t.fp8_gemv_rows = &kernels::fp8_gemv_rows<Arch>;
     t.fp8_grouped_gemv_rows = &kernels::fp8_grouped_gemv_rows<Arch>;
+    t.fp8_gemv_bf16_rows = &kernels::fp8_gemv_bf16_rows<Arch>;
+    t.fp8_grouped_gemv_bf16_rows = &kernels::fp8_grouped_gemv_bf16_rows<Arch>;
+    t.to_bf16_blocks_row = &kernels::to_bf16_blocks_row<Arch>;
     t.fp4_gemv_rows = &kernels::fp4_gemv_rows<Arch>;
     t.fp4_gemv_q8_rows = &kernels::fp4_gemv_q8_rows<Arch>;
     t.fp4_gate_up_rows = &kernels::fp4_gate_up_rows<Arch>;

@@ -64,6 +64,18 @@ inline void fp8_acts_to_f32(const uint8_t* codes, std::size_t codes_stride, cons
     for (std::size_t r = 0; r < m; ++r) fn(codes + r * codes_stride, scales + r * scales_stride, k, out + r * out_stride);
 }
 
+/// Fast FP8 mode activations: f32 a [m, k] -> bf16 x [m, k] and int32 shift [m, k/128]
+/// (bf16_block_rows; exact for FP8-dequantised or bf16-valued activations).
+inline void to_bf16_blocks(const float* a, std::size_t a_stride, std::size_t m, std::size_t k, uint16_t* x,
+                           std::size_t x_stride, int32_t* shift, std::size_t shift_stride) {
+    detail::require(k % 128 == 0, "to_bf16_blocks", "k must be a multiple of 128");
+    detail::require(m == 0 || (a && x && shift), "to_bf16_blocks", "null pointer");
+    detail::require(m <= 1 || (a_stride >= k && x_stride >= k && shift_stride >= k / 128), "to_bf16_blocks",
+                    "stride smaller than the row");
+    const auto fn = DSV4_KERNEL(to_bf16_blocks_row);
+    for (std::size_t r = 0; r < m; ++r) fn(a + r * a_stride, k, x + r * x_stride, shift + r * shift_stride);
+}
+
 /// Fast FP4 mode activations: bf16 x [m, k] -> int8 q [m, k] (group layout), f32 scales
 /// d [m, k/32] and the per-block correction terms corr [m, k/8] (see q8_rows).
 inline void quantize_q8(const uint16_t* x, std::size_t x_stride, std::size_t m, std::size_t k, int8_t* q,
@@ -107,6 +119,38 @@ inline void fp8_gemv(const fp8_matrix& w, const f32_rows& x, const gemv_out& y, 
     detail::check_out(y, x.m, w.n, "fp8_gemv");
     detail::check_rows(r0, r1, w.n, "fp8_gemv");
     DSV4_KERNEL(fp8_gemv_rows)(w, x, y, r0, r1);
+}
+
+namespace detail {
+inline void check_bf16_blocks(const bf16_block_rows& x, std::size_t k, const char* fn) {
+    require(x.m == 0 || (x.x && x.shift), fn, "bf16 block activations are null");
+    require(x.m <= 1 || (x.x_stride >= k && x.shift_stride >= k / 128), fn, "activation strides smaller than the row");
+}
+}  // namespace detail
+
+/// y = x * w^T for FP8 weights, fast mode (x: to_bf16_blocks output). The fastest FP8 path
+/// on avx512_bf16 (vdpbf16ps); other tiers compute the same through f32 FMAs, a little
+/// slower than fp8_gemv. Error bound: gemv_kernels.hpp, dot_fp8_bf16_row.
+inline void fp8_gemv_bf16(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& y, std::size_t r0 = 0,
+                          std::size_t r1 = all_rows) {
+    detail::check_fp8(w, "fp8_gemv_bf16");
+    detail::check_bf16_blocks(x, w.k, "fp8_gemv_bf16");
+    detail::check_out(y, x.m, w.n, "fp8_gemv_bf16");
+    detail::check_rows(r0, r1, w.n, "fp8_gemv_bf16");
+    DSV4_KERNEL(fp8_gemv_bf16_rows)(w, x, y, r0, r1);
+}
+
+/// Grouped FP8 projection, fast mode.
+inline void fp8_grouped_gemv_bf16(const fp8_matrix& w, std::size_t groups, const bf16_block_rows& x,
+                                  const gemv_out& y, std::size_t r0 = 0, std::size_t r1 = all_rows) {
+    detail::check_fp8(w, "fp8_grouped_gemv_bf16");
+    detail::require(groups > 0 && w.n % groups == 0, "fp8_grouped_gemv_bf16", "n must be a multiple of groups");
+    detail::require((w.n / groups) % 128 == 0 || groups == 1, "fp8_grouped_gemv_bf16",
+                    "rows per group must be a multiple of 128 (scale blocks)");
+    detail::check_bf16_blocks(x, groups * w.k, "fp8_grouped_gemv_bf16");
+    detail::check_out(y, x.m, w.n, "fp8_grouped_gemv_bf16");
+    detail::check_rows(r0, r1, w.n, "fp8_grouped_gemv_bf16");
+    DSV4_KERNEL(fp8_grouped_gemv_bf16_rows)(w, groups, x, y, r0, r1);
 }
 
 /// Grouped FP8 projection (wo_a): w is [groups * ng, k]; output row r of group

@@ -197,6 +197,112 @@ DSV4_INLINE void dot_fp8_row(const uint8_t* w, const uint8_t* scale_row, std::si
     }
 }
 
+/// 2^t as f32 for any integer t (exact while 2^t is representable; outside, the same
+/// rounding as one multiply by 2^t would give).
+template <class V> DSV4_INLINE V scale_pow2(V v, int t) noexcept {
+    const auto p2 = [](int u) { return std::bit_cast<float>(uint32_t(u + 127) << 23); };  // u in [-126, 127]
+    if (t >= -126 && t <= 127) return v * V(p2(t));
+    for (; t > 127; t -= 127) v = v * V(p2(127));
+    for (; t < -126; t += 126) v = v * V(p2(-126));
+    return v * V(p2(t));
+}
+
+/// Block scale of the fast FP8 row: the weight block's E8M0 e, the decoded weights'
+/// factor 2^-D, the activation block's shift: partial * 2^(e - 127 + D - shift). The
+/// exponent stays a small integer for real checkpoints (one multiply); NaN for e = 255.
+template <class V> DSV4_INLINE V fp8_bf16_block_scaled(V partial, uint8_t e, int d_minus_shift) noexcept {
+    if (e == 255) return partial * V(std::numeric_limits<float>::quiet_NaN());
+    return scale_pow2(partial, int(e) - 127 + d_minus_shift);
+}
+
+/// FP8 row, fast mode (activations from to_bf16_blocks): per 128-block partials of
+/// e4m3 * bf16 products, scaled once per block. With AVX512-BF16 the partials come from
+/// vdpbf16ps (32 products per instruction, activations read as 2 bytes each); other tiers
+/// run the same math through f32 FMAs.
+///
+/// Numerics: every product of a normal e4m3 code and an activation with |x| >= 1 (all
+/// but those below 2^-109 of their block's max) is an exact normal f32; sums are f32. On
+/// avx512_bf16 the subnormal e4m3 codes (|code| <= 7 * 2^-9) count as zero (vdpbf16ps
+/// reads subnormal inputs as zero); other tiers use them exactly.
+template <class Arch, std::size_t MT>
+DSV4_INLINE void dot_fp8_bf16_row(const uint8_t* w, const uint8_t* scale_row, std::size_t k, const uint16_t* const* x,
+                                  const int32_t* const* shift, float* y) noexcept {
+    constexpr std::size_t B = 128;
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_base_of_v<arch::avx512_bf16, Arch>) {
+        using vf = simd::vf32<Arch>;
+        vf acc[MT];
+        for (auto& a : acc) a = vf(0.0f);
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            simd::prefetch_weights<2>(w + b0);
+            __m512 p[MT][2];
+            for (auto& q : p) q[0] = q[1] = _mm512_setzero_ps();
+            DSV4_UNROLL
+            for (std::size_t q = 0; q < B / 32; ++q) {
+                const __m512bh wv = simd::fp8_to_bf16_bits(Arch{}, w + b0 + 32 * q);  // e4m3 * 2^-120
+                for (std::size_t j = 0; j < MT; ++j)
+                    p[j][q % 2] = _mm512_dpbf16_ps(p[j][q % 2], wv, (__m512bh)_mm512_loadu_si512(x[j] + b0 + 32 * q));
+            }
+            for (std::size_t j = 0; j < MT; ++j)
+                acc[j] = acc[j] + fp8_bf16_block_scaled(vf(_mm512_add_ps(p[j][0], p[j][1])), scale_row[b0 / B],
+                                                        120 - shift[j][b0 / B]);
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
+        return;
+    }
+#endif
+    if constexpr (simd::lanes<Arch>() == 16) {  // AVX-512 without BF16: integer decode, f32 FMAs
+        using vf = simd::vf32<Arch>;
+        vf acc[MT];
+        for (auto& a : acc) a = vf(0.0f);
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            simd::prefetch_weights<2>(w + b0);
+            vf p[MT][2];
+            for (auto& q : p) q[0] = q[1] = vf(0.0f);
+            DSV4_UNROLL
+            for (std::size_t q = 0; q < B / 16; ++q) {
+                const vf wv(simd::fp8_to_f32_bits(Arch{}, w + b0 + 16 * q));  // e4m3 * 2^-120
+                for (std::size_t j = 0; j < MT; ++j)
+                    p[j][q % 2] = simd::fmadd(wv, simd::load_bf16<Arch>(x[j] + b0 + 16 * q), p[j][q % 2]);
+            }
+            for (std::size_t j = 0; j < MT; ++j)
+                acc[j] = acc[j] + fp8_bf16_block_scaled(p[j][0] + p[j][1], scale_row[b0 / B], 120 - shift[j][b0 / B]);
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
+    } else if constexpr (!simd::is_scalar<Arch>) {  // AVX2: F16C decode (e4m3 * 2^-8)
+        using vf = simd::vf32<Arch>;
+        constexpr std::size_t W = simd::lanes<Arch>();
+        vf acc[MT];
+        for (auto& a : acc) a = vf(0.0f);
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            simd::prefetch_weights<2>(w + b0);
+            vf p[MT][2];
+            for (auto& q : p) q[0] = q[1] = vf(0.0f);
+            for (std::size_t i = b0; i < b0 + B; i += 2 * W) {
+                vf lo, hi;
+                simd::fp8_to_f32_scaled(Arch{}, w + i, lo, hi);
+                for (std::size_t j = 0; j < MT; ++j) {
+                    p[j][0] = simd::fmadd(lo, simd::load_bf16<Arch>(x[j] + i), p[j][0]);
+                    p[j][1] = simd::fmadd(hi, simd::load_bf16<Arch>(x[j] + i + W), p[j][1]);
+                }
+            }
+            for (std::size_t j = 0; j < MT; ++j)
+                acc[j] = acc[j] + fp8_bf16_block_scaled(p[j][0] + p[j][1], scale_row[b0 / B], 8 - shift[j][b0 / B]);
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
+    } else {
+        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            float p[MT] = {};
+            for (std::size_t i = b0; i < b0 + B; ++i) {
+                const float wi = e4m3_to_f32(w[i]);
+                for (std::size_t j = 0; j < MT; ++j) p[j] = std::fma(wi, bf16_to_f32(x[j][i]), p[j]);
+            }
+            for (std::size_t j = 0; j < MT; ++j) y[j] += fp8_bf16_block_scaled(p[j], scale_row[b0 / B], -shift[j][b0 / B]);
+        }
+    }
+}
+
 /// FP4 row (reference mode): per 32-block partials of 2*e2m1 * x, scaled by 2^(e-127)/2.
 template <class Arch, std::size_t MT>
 DSV4_INLINE void dot_fp4_row(const uint8_t* w, const uint8_t* scale_row, std::size_t k, const float* const* x,
@@ -386,6 +492,27 @@ void fp8_acts_to_f32(const uint8_t* codes, const uint8_t* scales, std::size_t k,
     }
 }
 
+/// Fast FP8 mode: one row of f32 activations (k % 128 == 0) to bf16 per block of 128,
+/// scaled by a power of two: shift[b] puts the block's largest finite |a| in
+/// [2^109, 2^110) (0 for an all-zero block or one holding Inf/NaN, which then propagate);
+/// x = bf16(a * 2^shift), exact when a already fits bf16 (FP8-dequantised or bf16
+/// activations). Identical on every tier (scalar code, O(k)).
+template <class Arch>
+void to_bf16_blocks_row(const float* a, std::size_t k, uint16_t* x, int32_t* shift) noexcept {
+    for (std::size_t b0 = 0; b0 < k; b0 += 128) {
+        float amax = 0.0f;
+        bool finite = true;
+        for (std::size_t i = b0; i < b0 + 128; ++i) {
+            const float v = std::fabs(a[i]);
+            finite = finite && v <= std::numeric_limits<float>::max();
+            amax = v > amax ? v : amax;
+        }
+        const int s = finite && amax > 0.0f ? 109 - std::ilogb(amax) : 0;
+        shift[b0 / 128] = s;
+        for (std::size_t i = b0; i < b0 + 128; ++i) x[i] = f32_to_bf16(gemv_detail::scale_pow2(a[i], s));
+    }
+}
+
 /// Fast FP4 mode: one row of bf16 activations (k % 32 == 0) to int8 per block of 32,
 /// d = amax/127 (f32 division), q = round_to_nearest_even(x * (127/amax)), written in
 /// group layout (4 blocks of 32 per group; within a group the even-index elements of
@@ -446,6 +573,25 @@ void fp8_gemv_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, 
     });
 }
 
+/// FP8 GEMV, fast mode (activations from to_bf16_blocks; dot_fp8_bf16_row states the numerics).
+template <class Arch>
+void fp8_gemv_bf16_rows(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,
+                        std::size_t r1) noexcept {
+    gemv_detail::for_rows_and_tiles(
+        x.m, r0, r1,
+        [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
+            const uint16_t* p[MT];
+            const int32_t* s[MT];
+            for (std::size_t j = 0; j < MT; ++j) {
+                p[j] = x.x + (m0 + j) * x.x_stride;
+                s[j] = x.shift + (m0 + j) * x.shift_stride;
+            }
+            gemv_detail::dot_fp8_bf16_row<Arch, MT>(w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride, w.k,
+                                                    p, s, y);
+        },
+        [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
+}
+
 /// Grouped projection (wo_a, spec §4 step 10): output rows [g*ng, (g+1)*ng) use the
 /// activation columns [g*w.k, (g+1)*w.k); w.n = groups * ng.
 template <class Arch>
@@ -455,6 +601,17 @@ void fp8_grouped_gemv_rows(const fp8_matrix& w, std::size_t groups, const f32_ro
     for (std::size_t g = r0 / ng; g < groups && g * ng < r1; ++g) {
         const f32_rows xg{x.x + g * w.k, x.stride, x.m};
         fp8_gemv_rows<Arch>(w, xg, out, std::max(r0, g * ng), std::min(r1, (g + 1) * ng));
+    }
+}
+
+/// Grouped projection, fast mode: group g reads the activation blocks [g*k/128, (g+1)*k/128).
+template <class Arch>
+void fp8_grouped_gemv_bf16_rows(const fp8_matrix& w, std::size_t groups, const bf16_block_rows& x,
+                                const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
+    const std::size_t ng = w.n / groups;
+    for (std::size_t g = r0 / ng; g < groups && g * ng < r1; ++g) {
+        const bf16_block_rows xg{x.x + g * w.k, x.x_stride, x.shift + g * (w.k / 128), x.shift_stride, x.m};
+        fp8_gemv_bf16_rows<Arch>(w, xg, out, std::max(r0, g * ng), std::min(r1, (g + 1) * ng));
     }
 }
 

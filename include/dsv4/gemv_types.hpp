@@ -46,6 +46,16 @@ struct q8_rows {
     std::size_t corr_stride = 0;    ///< elements between rows (>= k/8)
     std::size_t m = 0;
 };
+/// M activation rows for the fast FP8 mode (fp8_gemv_bf16), see to_bf16_blocks: per block
+/// of 128, x[k] = bf16(a[k] * 2^shift[k/128]), the power of two putting the block's largest
+/// |a| in [2^109, 2^110) so that every product with an e4m3 weight is a normal f32.
+struct bf16_block_rows {
+    const uint16_t* x = nullptr;
+    std::size_t x_stride = 0;  ///< elements between rows (>= k)
+    const int32_t* shift = nullptr;
+    std::size_t shift_stride = 0;  ///< elements between rows (>= k/128)
+    std::size_t m = 0;
+};
 /// Output y[m, n]: exactly one of f32 / bf16 is set; stride in elements between rows of m.
 struct gemv_out {
     float* f32 = nullptr;

@@ -26,10 +26,11 @@ enum class tier : int {
     avx2_vnni = 2,    ///< + AVX-VNNI (vpdpbusd on ymm; Intel Core Ultra)
     avx512 = 3,       ///< AVX-512 F + BW + DQ + VL + CD (+ AVX2/FMA/F16C)
     avx512_vnni = 4,  ///< + AVX512-VNNI
+    avx512_bf16 = 5,  ///< + AVX512-BF16 (vdpbf16ps: Zen 4/5, Sapphire Rapids and later)
 };
-inline constexpr int tier_count = 5;
+inline constexpr int tier_count = 6;
 inline constexpr std::array<tier, tier_count> all_tiers = {
-    tier::scalar, tier::avx2, tier::avx2_vnni, tier::avx512, tier::avx512_vnni};
+    tier::scalar, tier::avx2, tier::avx2_vnni, tier::avx512, tier::avx512_vnni, tier::avx512_bf16};
 
 /// Arch tags: kernels are templates on these. Derivation lets a helper written for
 /// avx2 serve avx2_vnni unless a more specific overload exists.
@@ -39,6 +40,7 @@ struct avx2 { static constexpr tier id = tier::avx2; };
 struct avx2_vnni : avx2 { static constexpr tier id = tier::avx2_vnni; };
 struct avx512 { static constexpr tier id = tier::avx512; };
 struct avx512_vnni : avx512 { static constexpr tier id = tier::avx512_vnni; };
+struct avx512_bf16 : avx512_vnni { static constexpr tier id = tier::avx512_bf16; };
 }  // namespace arch
 
 /// What the CPU and OS support (each flag already includes the XCR0 check).
@@ -62,6 +64,7 @@ inline constexpr std::string_view tier_name(tier t) noexcept {
         case tier::avx2_vnni: return "avx2_vnni";
         case tier::avx512: return "avx512";
         case tier::avx512_vnni: return "avx512_vnni";
+        case tier::avx512_bf16: return "avx512_bf16";
     }
     return "unknown";
 }
@@ -140,6 +143,7 @@ inline constexpr bool tier_supported(tier t, const cpu_features& f) noexcept {
         case tier::avx2_vnni: return avx2 && f.avx_vnni;
         case tier::avx512: return avx512;
         case tier::avx512_vnni: return avx512 && f.avx512_vnni;
+        case tier::avx512_bf16: return avx512 && f.avx512_vnni && f.avx512_bf16;
     }
     return false;
 }
@@ -166,6 +170,7 @@ template <> struct arch_of<tier::avx2> { using type = arch::avx2; };
 template <> struct arch_of<tier::avx2_vnni> { using type = arch::avx2_vnni; };
 template <> struct arch_of<tier::avx512> { using type = arch::avx512; };
 template <> struct arch_of<tier::avx512_vnni> { using type = arch::avx512_vnni; };
+template <> struct arch_of<tier::avx512_bf16> { using type = arch::avx512_bf16; };
 /// Arch tag of this translation unit's compile flags (what headers-only users get).
 using native_arch = typename arch_of<compiled_tier>::type;
 }  // namespace dsv4

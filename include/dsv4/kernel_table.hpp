@@ -43,6 +43,11 @@ struct kernel_table {
     void (*fp8_gemv_rows)(const fp8_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp8_grouped_gemv_rows)(const fp8_matrix&, std::size_t, const f32_rows&, const gemv_out&, std::size_t,
                                   std::size_t) noexcept;
+    void (*fp8_gemv_bf16_rows)(const fp8_matrix&, const bf16_block_rows&, const gemv_out&, std::size_t,
+                               std::size_t) noexcept;
+    void (*fp8_grouped_gemv_bf16_rows)(const fp8_matrix&, std::size_t, const bf16_block_rows&, const gemv_out&,
+                                       std::size_t, std::size_t) noexcept;
+    void (*to_bf16_blocks_row)(const float*, std::size_t, uint16_t*, int32_t*) noexcept;
     void (*fp4_gemv_rows)(const fp4_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp4_gemv_q8_rows)(const fp4_matrix&, const q8_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp4_gate_up_rows)(const fp4_matrix&, const fp4_matrix&, const f32_rows&, const swiglu_epilogue&,
@@ -88,6 +93,7 @@ const kernel_table& kernel_table_avx2() noexcept;
 const kernel_table& kernel_table_avx2_vnni() noexcept;
 const kernel_table& kernel_table_avx512() noexcept;
 const kernel_table& kernel_table_avx512_vnni() noexcept;
+const kernel_table& kernel_table_avx512_bf16() noexcept;
 }  // namespace detail
 
 // Runtime selection, defined in dispatch/dsv4_select.cpp (runtime-dispatch builds only).

@@ -33,6 +33,15 @@ inline void fp8_gemv(const fp8_matrix& w, const f32_rows& x, const gemv_out& y) 
     dsv4::fp8_gemv(w, x, y, 0, 0);
     for_rows(w.n, gemv_grain, [&](std::size_t a, std::size_t b) { dsv4::fp8_gemv(w, x, y, a, b); });
 }
+inline void fp8_gemv_bf16(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& y) {
+    dsv4::fp8_gemv_bf16(w, x, y, 0, 0);
+    for_rows(w.n, gemv_grain, [&](std::size_t a, std::size_t b) { dsv4::fp8_gemv_bf16(w, x, y, a, b); });
+}
+inline void fp8_grouped_gemv_bf16(const fp8_matrix& w, std::size_t groups, const bf16_block_rows& x,
+                                  const gemv_out& y) {
+    dsv4::fp8_grouped_gemv_bf16(w, groups, x, y, 0, 0);
+    for_rows(w.n, gemv_grain, [&](std::size_t a, std::size_t b) { dsv4::fp8_grouped_gemv_bf16(w, groups, x, y, a, b); });
+}
 inline void fp8_grouped_gemv(const fp8_matrix& w, std::size_t groups, const f32_rows& x, const gemv_out& y) {
     dsv4::fp8_grouped_gemv(w, groups, x, y, 0, 0);
     for_rows(w.n, gemv_grain, [&](std::size_t a, std::size_t b) { dsv4::fp8_grouped_gemv(w, groups, x, y, a, b); });

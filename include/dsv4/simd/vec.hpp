@@ -24,6 +24,7 @@ template <> struct xsimd_arch_of<arch::avx2> { using type = xsimd::fma3<xsimd::a
 template <> struct xsimd_arch_of<arch::avx2_vnni> { using type = xsimd::fma3<xsimd::avx2>; };
 template <> struct xsimd_arch_of<arch::avx512> { using type = xsimd::avx512bw; };
 template <> struct xsimd_arch_of<arch::avx512_vnni> { using type = xsimd::avx512bw; };
+template <> struct xsimd_arch_of<arch::avx512_bf16> { using type = xsimd::avx512bw; };
 
 template <class Arch> using xarch = typename xsimd_arch_of<Arch>::type;
 template <class Arch> using vf32 = xsimd::batch<float, xarch<Arch>>;
@@ -32,7 +33,7 @@ template <class Arch> using vi32 = xsimd::batch<int32_t, xarch<Arch>>;
 template <class Arch> inline constexpr bool is_scalar = std::is_same_v<Arch, arch::scalar>;
 template <class Arch> inline constexpr bool is_avx512 = std::is_base_of_v<arch::avx512, Arch>;
 template <class Arch> inline constexpr bool has_vnni =
-    std::is_same_v<Arch, arch::avx2_vnni> || std::is_same_v<Arch, arch::avx512_vnni>;
+    std::is_same_v<Arch, arch::avx2_vnni> || std::is_base_of_v<arch::avx512_vnni, Arch>;
 
 /// f32 lanes per vector: 1 for scalar, 8 for AVX2, 16 for AVX-512.
 template <class Arch> constexpr std::size_t lanes() {

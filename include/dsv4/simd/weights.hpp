@@ -59,6 +59,7 @@ template <class A, class... T> requires is_scalar<A> void fp4_block_to_f32x2(A, 
 template <class A, class... T> requires is_scalar<A> void fp4q8_group_fma(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4q8_super_fma(A, T...) = delete;
 template <class A, class... T> requires(!std::is_base_of_v<arch::avx512, A>) void fp8_to_f32_bits(A, T...) = delete;
+template <class A, class... T> requires(!std::is_base_of_v<arch::avx512_bf16, A>) void fp8_to_bf16_bits(A, T...) = delete;
 
 #if defined(__AVX2__)
 /// Weight scales of 4 consecutive FP4 blocks as 4 f32 lanes, times 1/2 (undoing the
@@ -226,6 +227,17 @@ DSV4_INLINE __m512 fp8_to_f32_bits(arch::avx512, const uint8_t* p) noexcept {
     const __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(v, 20), _mm512_set1_epi32(int(0x87F00000u))));
 }
+
+#  if defined(__AVX512BF16__)
+/// 32 e4m3 bytes -> e4m3 * 2^-120 as bf16 bit patterns (same integer trick as
+/// fp8_to_f32_bits, on 16-bit lanes: bf16 has f32's exponent field). Subnormal codes
+/// become bf16 subnormals, which vdpbf16ps reads as zero (its inputs are DAZ): the one
+/// approximation of the fast FP8 path (gemv_kernels.hpp states the bound).
+DSV4_INLINE __m512bh fp8_to_bf16_bits(arch::avx512_bf16, const uint8_t* p) noexcept {
+    const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return (__m512bh)_mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16(int16_t(0x87F0)));  // vector bit cast
+}
+#  endif
 
 DSV4_INLINE void fp4_block_to_f32x2(arch::avx512, const uint8_t* p, vf32<arch::avx512>* out) noexcept {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
