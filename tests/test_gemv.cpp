@@ -411,6 +411,177 @@ TEST_CASE("gemv: FP8 and BF16 tiers vs scalar with padded rows") {
     for (std::size_t i = 0; i < m * n; ++i) CHECK(std::fabs(y1[i] - y2[i]) <= 1e-4 * (std::fabs(y2[i]) + 1.0));
 }
 
+namespace {
+/// Fast FP8 mode bound for one output (double, from the inputs' own bytes): the reference
+/// bound K * 2^-24 * sum|x w| (+ K * 2^-149), plus what the fast path may drop: products
+/// with subnormal weight codes (read as zero by vdpbf16ps), products with activations below
+/// 2^-108 of their block's largest |x| (not normal after the block shift), and partial sums
+/// below 2^-126 flushed in the shifted domain (64 per block, scaled back). x must fit bf16.
+struct fp8_fast_bound {
+    double exact = 0, bound = 0;
+};
+fp8_fast_bound fp8_fast_expect(const uint8_t* w_row, const uint8_t* s_row, const float* x, std::size_t k) {
+    fp8_fast_bound r;
+    double mag = 0, dropped = 0;
+    for (std::size_t b0 = 0; b0 < k; b0 += 128) {
+        const double sc = double(dsv4::e8m0_to_f32(s_row[b0 / 128]));
+        double amax = 0;
+        for (std::size_t i = b0; i < b0 + 128; ++i) amax = std::max(amax, std::fabs(double(x[i])));
+        for (std::size_t i = b0; i < b0 + 128; ++i) {
+            const double p = double(dsv4::e4m3_to_f32(w_row[i])) * sc * double(x[i]);
+            r.exact += p;
+            mag += std::fabs(p);
+            if ((w_row[i] & 0x78) == 0 || std::fabs(double(x[i])) < amax * 0x1p-108) dropped += std::fabs(p);
+        }
+        dropped += 64 * 0x1p-126 * sc * std::ldexp(1.0, 120) * amax * 0x1p-108;
+    }
+    r.bound = double(k) * 0x1p-24 * mag + double(k) * 0x1p-149 + dropped;
+    return r;
+}
+}  // namespace
+
+TEST_CASE("gemv: FP8 fast mode (bf16 block activations) against the goldens, and vs reference mode") {
+    std::size_t count = 0;
+    for (const auto& name : cases_with_prefix("fp8_")) {
+        const bool grouped = name.find("grouped") != std::string::npos;
+        if (!grouped && !is_plain(name, "fp8_")) continue;
+        golden g("gemv", name);
+        const std::size_t groups = grouped ? std::size_t(g.scalar_i64("groups")) : 1;
+        const auto ws = g.shape("w");
+        const std::size_t n = ws[0], k = ws[1], m = g.shape("x")[0], kx = groups * k;
+        const auto w = g.get<uint8_t>("w");
+        const auto s = g.get<uint8_t>("w_scale");
+        std::vector<float> a;
+        if (grouped) {  // wo_a: plain bf16 activations
+            const auto xb = g.get<uint16_t>("x");
+            a.resize(xb.size());
+            dsv4::decode_bf16(xb.data(), a.data(), a.size());
+        } else {
+            a = acts_f32(g, m, k);
+        }
+        std::vector<uint16_t> xb(m * kx);
+        std::vector<int32_t> sh(m * kx / 128);
+        dsv4::to_bf16_blocks(a.data(), kx, m, kx, xb.data(), kx, sh.data(), kx / 128);
+        for (std::size_t i = 0; i < m * kx; ++i)  // FP8 / bf16 values: the conversion is exact
+            REQUIRE(std::ldexp(double(dsv4::bf16_to_f32(xb[i])), -sh[i / 128]) == double(a[i]));
+        const dsv4::fp8_matrix W{w.data(), k, s.data(), k / 128, n, k};
+        const dsv4::bf16_block_rows X{xb.data(), kx, sh.data(), kx / 128, m};
+        const auto y = run_both_outputs(m, n, [&](dsv4::gemv_out o) {
+            if (grouped) dsv4::fp8_grouped_gemv_bf16(W, groups, X, o);
+            else dsv4::fp8_gemv_bf16(W, X, o);
+        });
+        std::vector<float> yref(m * n);
+        if (grouped) dsv4::fp8_grouped_gemv(W, groups, {a.data(), kx, m}, {yref.data(), nullptr, n});
+        else dsv4::fp8_gemv(W, {a.data(), k, m}, {yref.data(), nullptr, n});
+        bound_report r;
+        double max_diff_ref = 0, max_y = 0;
+        for (std::size_t mi = 0; mi < m; ++mi)
+            for (std::size_t ni = 0; ni < n; ++ni) {
+                const std::size_t g0 = grouped ? ni / (n / groups) : 0;
+                const auto e = fp8_fast_expect(w.data() + ni * k, s.data() + (ni / 128) * (k / 128),
+                                               a.data() + mi * kx + g0 * k, k);
+                r.add(std::fabs(double(y[mi * n + ni]) - e.exact), e.bound);
+                max_diff_ref = std::max(max_diff_ref, std::fabs(double(y[mi * n + ni]) - yref[mi * n + ni]));
+                max_y = std::max(max_y, std::fabs(double(yref[mi * n + ni])));
+            }
+        CAPTURE(name);
+        CHECK(r.bad == 0);
+        MESSAGE("fp8 fast " << name << ": worst |err|/bound = " << r.worst
+                            << ", max|fast - reference| / max|y| = " << max_diff_ref / max_y);
+        ++count;
+    }
+    CHECK(count >= 11);
+}
+
+TEST_CASE("gemv: FP8 fast mode on every tier: M = 1..9, N = 131 (two scale rows), padded rows, any row split, "
+          "extreme scales and activations") {
+    rng r(21);
+    const std::size_t n = 131, k = 384, wpad = 64;
+    std::vector<uint8_t> w(n * (k + wpad), 0x7F);  // NaN codes in the padding: must never be read
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < k; ++j) {
+            uint8_t c = uint8_t(r.u32());
+            if (j % 7 == 0) c &= 0x87;  // subnormal codes
+            if ((c & 0x7F) == 0x7F) c = 0x42;
+            w[i * (k + wpad) + j] = c;
+        }
+    // E8M0 per 128x128 block: typical, and the extremes (scale_pow2's multi-step paths)
+    const std::vector<std::vector<unsigned>> scale_sets = {
+        {117, 121, 119, 116, 120, 118}, {0, 1, 254, 9, 134, 200}, {127, 3, 250, 60, 190, 100}};
+    for (const auto& es : scale_sets)
+        for (std::size_t m : {std::size_t(1), std::size_t(2), std::size_t(4), std::size_t(5), std::size_t(9)}) {
+            CAPTURE(m);
+            CAPTURE(es[0]);
+            std::vector<uint8_t> sc(2 * 5, 0xFF);
+            for (std::size_t i = 0; i < 2; ++i)
+                for (std::size_t j = 0; j < 3; ++j) sc[i * 5 + j] = uint8_t(es[i * 3 + j]);
+            const dsv4::fp8_matrix W{w.data(), k + wpad, sc.data(), 5, n, k};
+            // activations: bf16 values, one block per row at an extreme magnitude, one all zero
+            const std::size_t xs = k + 40;
+            std::vector<float> a(m * xs, std::numeric_limits<float>::quiet_NaN());
+            for (std::size_t i = 0; i < m; ++i)
+                for (std::size_t j = 0; j < k; ++j) {
+                    float v = dsv4::round_bf16(r.normal());
+                    if (j / 128 == 1) v *= (i % 3 == 0) ? 0x1p-120f : (i % 3 == 1 ? 0x1p100f : 1.0f);
+                    if (j / 128 == 2 && i % 4 == 3) v = 0.0f;
+                    if (j % 97 == 5) v *= 0x1p-60f;  // tiny beside the block's largest
+                    a[i * xs + j] = v;
+                }
+            std::vector<uint16_t> xb(m * (k + 16), 0x7FC0);
+            std::vector<int32_t> sh(m * 5, 1 << 20);
+            dsv4::to_bf16_blocks(a.data(), xs, m, k, xb.data(), k + 16, sh.data(), 5);
+            const dsv4::bf16_block_rows X{xb.data(), k + 16, sh.data(), 5, m};
+            std::vector<float> y1(m * n), y2(m * n), y3(m * n);
+            active().fp8_gemv_bf16_rows(W, X, {y1.data(), nullptr, n}, 0, n);
+            scalar_table().fp8_gemv_bf16_rows(W, X, {y2.data(), nullptr, n}, 0, n);
+            for (std::size_t a0 = 0; a0 < n;) {  // any split of the rows gives the same bits
+                const std::size_t b = std::min(n, a0 + 1 + r.u32() % 40);
+                active().fp8_gemv_bf16_rows(W, X, {y3.data(), nullptr, n}, a0, b);
+                a0 = b;
+            }
+            CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+            dsv4::par::fp8_gemv_bf16(W, X, {y3.data(), nullptr, n});
+            CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+            bound_report rep_act, rep_scalar;
+            for (std::size_t i = 0; i < m; ++i)
+                for (std::size_t j = 0; j < n; ++j) {
+                    const auto e = fp8_fast_expect(w.data() + j * (k + wpad), sc.data() + (j / 128) * 5, a.data() + i * xs, k);
+                    // sums beyond f32 (scale 2^127 on large blocks) come out non-finite: inf, or NaN
+                    // where vector lanes overflowed to opposite infinities
+                    if (std::fabs(e.exact) >= 0x1p128) {
+                        CHECK_FALSE(std::isfinite(y1[i * n + j]));
+                        continue;
+                    }
+                    rep_act.add(std::fabs(double(y1[i * n + j]) - e.exact), e.bound);
+                    rep_scalar.add(std::fabs(double(y2[i * n + j]) - e.exact), e.bound);
+                }
+            CHECK(rep_act.bad == 0);
+            CHECK(rep_scalar.bad == 0);
+        }
+}
+
+TEST_CASE("gemv: FP8 fast mode propagates non-finite activations and NaN scales") {
+    const std::size_t n = 3, k = 256;
+    std::vector<uint8_t> w(n * k, 0x38), sc(2, 120);  // 0x38 = 1.0
+    std::vector<float> a(2 * k, 0.5f);
+    a[130] = std::numeric_limits<float>::infinity();  // row 0, block 1
+    a[k + 7] = std::numeric_limits<float>::quiet_NaN();  // row 1, block 0
+    std::vector<uint16_t> xb(2 * k);
+    std::vector<int32_t> sh(4);
+    dsv4::to_bf16_blocks(a.data(), k, 2, k, xb.data(), k, sh.data(), 2);
+    std::vector<float> y(2 * n);
+    dsv4::fp8_gemv_bf16({w.data(), k, sc.data(), 2, n, k}, {xb.data(), k, sh.data(), 2, 2}, {y.data(), nullptr, n});
+    for (std::size_t j = 0; j < n; ++j) {
+        CHECK(std::isinf(y[j]));
+        CHECK(std::isnan(y[n + j]));
+    }
+    sc[1] = 255;  // NaN scale
+    std::fill(a.begin(), a.end(), 0.5f);
+    dsv4::to_bf16_blocks(a.data(), k, 2, k, xb.data(), k, sh.data(), 2);
+    dsv4::fp8_gemv_bf16({w.data(), k, sc.data(), 2, n, k}, {xb.data(), k, sh.data(), 2, 2}, {y.data(), nullptr, n});
+    for (float v : y) CHECK(std::isnan(v));
+}
+
 TEST_CASE("gemv: preconditions are checked at the public entry points") {
     std::vector<uint8_t> w(64 * 64), s(64 * 4);
     std::vector<float> x(256), y(256);
@@ -427,4 +598,11 @@ TEST_CASE("gemv: preconditions are checked at the public entry points") {
     CHECK_THROWS_AS(dsv4::fp4_gemv(ok, {x.data(), 10, 2}, {y.data(), nullptr, 4}), dsv4::error);
     const dsv4::fp8_matrix g8{w.data(), 128, s.data(), 1, 4, 128};
     CHECK_THROWS_AS(dsv4::fp8_grouped_gemv(g8, 3, {x.data(), 384, 1}, {y.data(), nullptr, 4}), dsv4::error);
+    std::vector<uint16_t> xb(256);
+    std::vector<int32_t> sh(4);
+    CHECK_THROWS_AS(dsv4::to_bf16_blocks(x.data(), 64, 1, 64, xb.data(), 64, sh.data(), 1), dsv4::error);
+    CHECK_THROWS_AS(dsv4::fp8_gemv_bf16(g8, {nullptr, 128, sh.data(), 1, 1}, {y.data(), nullptr, 4}), dsv4::error);
+    CHECK_THROWS_AS(dsv4::fp8_gemv_bf16(g8, {xb.data(), 64, sh.data(), 1, 2}, {y.data(), nullptr, 4}), dsv4::error);
+    CHECK_THROWS_AS(dsv4::fp8_grouped_gemv_bf16(g8, 3, {xb.data(), 384, sh.data(), 3, 1}, {y.data(), nullptr, 4}),
+                    dsv4::error);
 }
