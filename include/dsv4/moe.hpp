@@ -18,8 +18,9 @@
 //   reference  the official precision: every expert input act_quant'ed to FP8 (block 128),
 //              GEMV sums in f32, each projection output rounded to bf16 (spec §2.5, §8).
 //   fast       routed experts take int8 activations per 32 (quantize_q8; maddubs/VNNI dot
-//              products) for x and for the down-projection input; the shared FP8 expert and
-//              the gate are unchanged (FP8 weights have no exact int8 form, gemv_kernels.hpp).
+//              products) for x and for the down-projection input; the shared FP8 expert takes
+//              the same FP8 activations as bf16 blocks (fp8_gemv_bf16: vdpbf16ps on
+//              avx512_bf16, where subnormal weight codes count as zero); the gate is unchanged.
 // shared_clamp: true = current official revision (shared expert clamped like the routed
 // ones), false = initial revision (no clamp), spec §8.3 / §10.1.
 //
@@ -151,6 +152,8 @@ struct moe_run {
     uint8_t *shcodes = nullptr, *shscales = nullptr;
     float* shf = nullptr;
     uint16_t *ro = nullptr, *so = nullptr;
+    uint16_t *xsb = nullptr, *shb = nullptr;  ///< fast mode: shared-expert inputs as bf16 blocks
+    int32_t *xss = nullptr, *shs = nullptr;   ///< (to_bf16_blocks of xs and shf)
 };
 
 inline namespace DSV4_ISA_NS {
@@ -159,7 +162,7 @@ namespace detail {
 enum moe_buf : int {
     mb_xf, mb_scores, mb_idx, mb_weights, mb_count, mb_offset, mb_fill, mb_active, mb_a_token, mb_a_weight, mb_slot_of,
     mb_xcodes, mb_xscales, mb_xs, mb_xg, mb_xq, mb_xd, mb_xc, mb_xgq, mb_xgd, mb_xgc, mb_h, mb_hcodes, mb_hscales,
-    mb_hf, mb_hq, mb_hd, mb_hc, mb_sa, mb_sb, mb_sh, mb_shcodes, mb_shscales, mb_shf, mb_ro, mb_so, mb_count_
+    mb_hf, mb_hq, mb_hd, mb_hc, mb_sa, mb_sb, mb_sh, mb_shcodes, mb_shscales, mb_shf, mb_ro, mb_so, mb_xsb, mb_xss, mb_shb, mb_shs, mb_count_
 };
 struct moe_layout {
     std::size_t off[mb_count_] = {};
@@ -204,6 +207,10 @@ constexpr moe_layout moe_scratch_layout(const moe_config& c, std::size_t tm) noe
     sz[mb_shf] = tm * I * 4;
     sz[mb_ro] = A * D * 2;
     sz[mb_so] = tm * D * 2;
+    sz[mb_xsb] = ref ? 0 : tm * D * 2;  // fast mode: the shared expert's bf16 block activations
+    sz[mb_xss] = ref ? 0 : tm * (D / 128) * 4;
+    sz[mb_shb] = ref ? 0 : tm * I * 2;
+    sz[mb_shs] = ref ? 0 : tm * (I / 128) * 4;
     moe_layout l;
     std::size_t o = 0;
     for (int i = 0; i < mb_count_; ++i) {
@@ -364,6 +371,10 @@ inline moe_run moe_carve(const moe_config& c, const moe_scratch& s, std::size_t 
     r.shf = static_cast<float*>(at(mb_shf));
     r.ro = static_cast<uint16_t*>(at(mb_ro));
     r.so = static_cast<uint16_t*>(at(mb_so));
+    r.xsb = static_cast<uint16_t*>(at(mb_xsb));
+    r.xss = static_cast<int32_t*>(at(mb_xss));
+    r.shb = static_cast<uint16_t*>(at(mb_shb));
+    r.shs = static_cast<int32_t*>(at(mb_shs));
     return r;
 }
 
@@ -499,7 +510,10 @@ inline void moe_prepare(const moe_run& r, std::size_t t0 = 0, std::size_t t1 = a
         const uint16_t* x = r.x + t * r.x_stride;
         act_quant_fp8(x, 1, D, D, 128, r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128);
         fp8_acts_to_f32(r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128, 1, D, r.xs + t * D, D);
-        if (fast) quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32, r.xc + t * (D / 8), D / 8);
+        if (fast) {
+            quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32, r.xc + t * (D / 8), D / 8);
+            to_bf16_blocks(r.xs + t * D, D, 1, D, r.xsb + t * D, D, r.xss + t * (D / 128), D / 128);
+        }
         if (r.tokens == 1) continue;
         for (std::size_t j = 0; j < K; ++j) {
             const std::size_t slot = r.slot_of[t * K + j];
@@ -551,15 +565,22 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
             }
         } else if (T > 0) {
             const moe_shared_weights& S = r.w->shared;
-            const f32_rows xs{r.xs, D, T};
-            fp8_gemv(S.w1, xs, gemv_out{nullptr, r.sa, I}, rr0, rr1);
-            fp8_gemv(S.w3, xs, gemv_out{nullptr, r.sb, I}, rr0, rr1);
+            if (fast) {
+                const bf16_block_rows xb{r.xsb, D, r.xss, D / 128, T};
+                fp8_gemv_bf16(S.w1, xb, gemv_out{nullptr, r.sa, I}, rr0, rr1);
+                fp8_gemv_bf16(S.w3, xb, gemv_out{nullptr, r.sb, I}, rr0, rr1);
+            } else {
+                const f32_rows xs{r.xs, D, T};
+                fp8_gemv(S.w1, xs, gemv_out{nullptr, r.sa, I}, rr0, rr1);
+                fp8_gemv(S.w3, xs, gemv_out{nullptr, r.sb, I}, rr0, rr1);
+            }
             const float lim = c.shared_clamp ? c.swiglu_limit : 0.0f;
             const auto swiglu = DSV4_KERNEL(swiglu_bf16_row);
             for (std::size_t t = 0; t < T; ++t)
                 swiglu(r.sa + t * I + rr0, r.sb + t * I + rr0, rr1 - rr0, lim, r.sh + t * I + rr0);
             act_quant_fp8(r.sh + rr0, T, rr1 - rr0, I, 128, r.shcodes + rr0, I, r.shscales + rr0 / 128, I / 128);
             fp8_acts_to_f32(r.shcodes + rr0, I, r.shscales + rr0 / 128, I / 128, T, rr1 - rr0, r.shf + rr0, I);
+            if (fast) to_bf16_blocks(r.shf + rr0, I, T, rr1 - rr0, r.shb + rr0, I, r.shs + rr0 / 128, I / 128);
         }
     }
 }
@@ -585,7 +606,8 @@ inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_
         else
             fp4_gemv(r.w->experts[e].w2, f32_rows{r.hf + off * I, I, n}, out, r0, r1);
     }
-    fp8_gemv(r.w->shared.w2, f32_rows{r.shf, I, T}, gemv_out{nullptr, r.so, D}, r0, r1);
+    if (fast) fp8_gemv_bf16(r.w->shared.w2, bf16_block_rows{r.shb, I, r.shs, I / 128, T}, gemv_out{nullptr, r.so, D}, r0, r1);
+    else fp8_gemv(r.w->shared.w2, f32_rows{r.shf, I, T}, gemv_out{nullptr, r.so, D}, r0, r1);
     const auto combine = DSV4_KERNEL(moe_combine_rows);
     const uint16_t* parts[detail::moe_max_topk + 1];
     for (std::size_t t = 0; t < T; ++t) {
