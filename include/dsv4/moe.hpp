@@ -18,9 +18,10 @@
 //   reference  the official precision: every expert input act_quant'ed to FP8 (block 128),
 //              GEMV sums in f32, each projection output rounded to bf16 (spec §2.5, §8).
 //   fast       routed experts take int8 activations per 32 (quantize_q8; maddubs/VNNI dot
-//              products) for x and for the down-projection input; the shared FP8 expert takes
-//              the same FP8 activations as bf16 blocks (fp8_gemv_bf16: vdpbf16ps on
-//              avx512_bf16, where subnormal weight codes count as zero); the gate is unchanged.
+//              products) for x and for the down-projection input; on AVX-512 tiers the shared
+//              FP8 expert takes the same FP8 activations as bf16 blocks (fp8_gemv_bf16, see
+//              fp8_bf16_preferred; on avx512_bf16 subnormal weight codes count as zero); the
+//              gate is unchanged.
 // shared_clamp: true = current official revision (shared expert clamped like the routed
 // ones), false = initial revision (no clamp), spec §8.3 / §10.1.
 //
@@ -510,10 +511,9 @@ inline void moe_prepare(const moe_run& r, std::size_t t0 = 0, std::size_t t1 = a
         const uint16_t* x = r.x + t * r.x_stride;
         act_quant_fp8(x, 1, D, D, 128, r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128);
         fp8_acts_to_f32(r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128, 1, D, r.xs + t * D, D);
-        if (fast) {
-            quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32, r.xc + t * (D / 8), D / 8);
+        if (fast) quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32, r.xc + t * (D / 8), D / 8);
+        if (fast && fp8_bf16_preferred())
             to_bf16_blocks(r.xs + t * D, D, 1, D, r.xsb + t * D, D, r.xss + t * (D / 128), D / 128);
-        }
         if (r.tokens == 1) continue;
         for (std::size_t j = 0; j < K; ++j) {
             const std::size_t slot = r.slot_of[t * K + j];
@@ -565,7 +565,7 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
             }
         } else if (T > 0) {
             const moe_shared_weights& S = r.w->shared;
-            if (fast) {
+            if (fast && fp8_bf16_preferred()) {
                 const bf16_block_rows xb{r.xsb, D, r.xss, D / 128, T};
                 fp8_gemv_bf16(S.w1, xb, gemv_out{nullptr, r.sa, I}, rr0, rr1);
                 fp8_gemv_bf16(S.w3, xb, gemv_out{nullptr, r.sb, I}, rr0, rr1);
@@ -580,7 +580,7 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
                 swiglu(r.sa + t * I + rr0, r.sb + t * I + rr0, rr1 - rr0, lim, r.sh + t * I + rr0);
             act_quant_fp8(r.sh + rr0, T, rr1 - rr0, I, 128, r.shcodes + rr0, I, r.shscales + rr0 / 128, I / 128);
             fp8_acts_to_f32(r.shcodes + rr0, I, r.shscales + rr0 / 128, I / 128, T, rr1 - rr0, r.shf + rr0, I);
-            if (fast) to_bf16_blocks(r.shf + rr0, I, T, rr1 - rr0, r.shb + rr0, I, r.shs + rr0 / 128, I / 128);
+            if (fast && fp8_bf16_preferred()) to_bf16_blocks(r.shf + rr0, I, T, rr1 - rr0, r.shb + rr0, I, r.shs + rr0 / 128, I / 128);
         }
     }
 }
@@ -606,7 +606,7 @@ inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_
         else
             fp4_gemv(r.w->experts[e].w2, f32_rows{r.hf + off * I, I, n}, out, r0, r1);
     }
-    if (fast) fp8_gemv_bf16(r.w->shared.w2, bf16_block_rows{r.shb, I, r.shs, I / 128, T}, gemv_out{nullptr, r.so, D}, r0, r1);
+    if (fast && fp8_bf16_preferred()) fp8_gemv_bf16(r.w->shared.w2, bf16_block_rows{r.shb, I, r.shs, I / 128, T}, gemv_out{nullptr, r.so, D}, r0, r1);
     else fp8_gemv(r.w->shared.w2, f32_rows{r.shf, I, T}, gemv_out{nullptr, r.so, D}, r0, r1);
     const auto combine = DSV4_KERNEL(moe_combine_rows);
     const uint16_t* parts[detail::moe_max_topk + 1];
