@@ -14,7 +14,10 @@
 // position only. Activations are bf16 between kernels at exactly the reference's rounding
 // points (forward.py "Precision" and choice 4). FP8 linears: act_quant (block 128) ->
 // exact f32 -> fp8_gemv (reference mode); wo_a: bf16 activations as f32 rows through
-// fp8_grouped_gemv; head: bf16_gemv with f32 logits.
+// fp8_grouped_gemv; head: bf16_gemv with f32 logits. With forward_options::numerics fast on
+// an AVX-512 tier, the FP8 linears and wo_a take the same activations as bf16 blocks
+// (to_bf16_blocks, exact) through fp8_gemv_bf16: the same products (on avx512_bf16 less the
+// subnormal weight codes), summed in another order; the routed experts go int8 (moe.hpp).
 //
 // Per-sequence state (sequence_state, spec §5.5): per layer the attention cache
 // [128 window slots | compressed entries] (bf16, head_dim wide), the main compressor's state,
@@ -71,7 +74,7 @@ enum class model_revision : int {
 struct forward_options {
     fp8_sim_revision kv_fp8 = fp8_sim_revision::current;  ///< window KV + main compressor FP8 simulation
     bool shared_clamp = true;                             ///< clamp the shared expert's SwiGLU
-    moe_numerics numerics = moe_numerics::reference;      ///< routed experts: reference (FP8 acts) or fast (int8)
+    moe_numerics numerics = moe_numerics::reference;      ///< reference, or fast: int8 routed experts, bf16-block FP8 (AVX-512)
     std::size_t max_context = 0;  ///< positions a sequence may reach; 0: min(max_position_embeddings, 65536)
     std::size_t rope_table_rows = 8192;  ///< precomputed cos/sin rows per table (beyond: on the fly)
     bool validate = true;         ///< check every tensor against the config (validate_checkpoint)
@@ -383,18 +386,31 @@ private:
     }
 
     // ------------------------------------------------------------------ pieces
+    /// Fast numerics on an AVX-512 tier: FP8 projections take their (exact) activations as
+    /// bf16 blocks (fp8_gemv_bf16), the faster path there; elsewhere the reference path.
+    bool fp8_bf16() const { return opt_.numerics == moe_numerics::fast && fp8_bf16_preferred(); }
+
     /// y = bf16(act_quant(x, 128) . w^T) for m rows (chunks of 32 tokens).
-    static void fp8_linear(const fp8_matrix& w, const uint16_t* x, std::size_t x_stride, std::size_t m, uint16_t* y,
-                           std::size_t y_stride) {
+    void fp8_linear(const fp8_matrix& w, const uint16_t* x, std::size_t x_stride, std::size_t m, uint16_t* y,
+                    std::size_t y_stride) const {
         constexpr std::size_t C = 32;
         const std::size_t K = w.k, mc = std::min(m, C);
+        const bool bf = fp8_bf16();
         std::vector<uint8_t> codes(mc * K), scales(mc * (K / 128));
         std::vector<float> xf(mc * K);
+        std::vector<uint16_t> xb(bf ? mc * K : 0);
+        std::vector<int32_t> sh(bf ? mc * (K / 128) : 0);
         for (std::size_t a = 0; a < m; a += C) {
             const std::size_t n = std::min(C, m - a);
             act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes.data(), K, scales.data(), K / 128);
             fp8_acts_to_f32(codes.data(), K, scales.data(), K / 128, n, K, xf.data(), K);
-            par::fp8_gemv(w, f32_rows{xf.data(), K, n}, gemv_out{nullptr, y + a * y_stride, y_stride});
+            const gemv_out out{nullptr, y + a * y_stride, y_stride};
+            if (bf) {
+                to_bf16_blocks(xf.data(), K, n, K, xb.data(), K, sh.data(), K / 128);
+                par::fp8_gemv_bf16(w, bf16_block_rows{xb.data(), K, sh.data(), K / 128, n}, out);
+            } else {
+                par::fp8_gemv(w, f32_rows{xf.data(), K, n}, out);
+            }
         }
     }
 
@@ -528,12 +544,21 @@ private:
 
         // wo_a: grouped, bf16 activations as f32 rows; wo_b: FP8 linear
         const std::size_t G = cfg_.o_groups, GR = G * cfg_.o_lora_rank;
+        const bool bf = fp8_bf16();
         std::vector<float> of(std::min<std::size_t>(S, 32) * qw);
+        std::vector<uint16_t> ob(bf ? of.size() : 0);
+        std::vector<int32_t> osh(bf ? of.size() / 128 : 0);
         std::vector<uint16_t> u(S * GR);
         for (std::size_t t0 = 0; t0 < S; t0 += 32) {
             const std::size_t m = std::min<std::size_t>(32, S - t0);
             decode_bf16(o.data() + t0 * qw, of.data(), m * qw);
-            par::fp8_grouped_gemv(w.wo_a, G, f32_rows{of.data(), qw, m}, gemv_out{nullptr, u.data() + t0 * GR, GR});
+            const gemv_out uo{nullptr, u.data() + t0 * GR, GR};
+            if (bf) {
+                to_bf16_blocks(of.data(), qw, m, qw, ob.data(), qw, osh.data(), qw / 128);
+                par::fp8_grouped_gemv_bf16(w.wo_a, G, bf16_block_rows{ob.data(), qw, osh.data(), qw / 128, m}, uo);
+            } else {
+                par::fp8_grouped_gemv(w.wo_a, G, f32_rows{of.data(), qw, m}, uo);
+            }
         }
         fp8_linear(w.wo_b, u.data(), GR, S, out, D_);
     }
