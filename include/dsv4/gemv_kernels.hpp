@@ -13,6 +13,7 @@
 //               the BF16/F32 weights take plain bf16/f32 activations.
 //   q8_rows     fast FP4 mode: int8 per block of 32 with an f32 scale (quantize_q8), in
 //               the group layout described at quantize_q8_row.
+//   bf16_block_rows  fast FP8 mode: bf16 per block of 128 with a power-of-two shift.
 //
 // Numerics. Reference mode: every product is exact in f32 (e4m3 x e2m1 or e4m3 x e4m3
 // significands fit), block partials are scaled by exact powers of two, sums are f32 in a
@@ -26,8 +27,10 @@
 // Every vector FMA is simd::fmadd (explicitly fused): xsimd 8.1 spells AVX-512 fma as a
 // multiply and an add, fused only if the compiler contracts (not under -std=c++20).
 //
-// FP8 has no fast mode: e4m3 weights are not integers (a 128x128 block spans 2^-9..448),
-// so an int8 form would not be exact; the F16C decode + FMA path is the fast one.
+// Fast FP8 mode: e4m3 weights are not integers (a 128x128 block spans 2^-9..448), so an
+// int8 form would not be exact; bf16 is. Activations go to bf16 per block of 128 times a
+// power of two (bf16_block_rows, to_bf16_blocks); on avx512_bf16 vdpbf16ps makes the exact
+// products (dot_fp8_bf16_row states the bound).
 #pragma once
 
 #include "gemv_types.hpp"
