@@ -102,7 +102,7 @@ struct moe_routing_out {
 /// Caller-provided working memory of the MoE layer (no allocation inside). Size it with
 /// dsv4::bytes_needed(cfg, max_tokens) (a free function: function bodies live in the ISA
 /// namespace, plain data outside). At V4-Flash shapes: 18.5 MiB for chunks of 64 tokens in
-/// reference mode (12.8 MiB fast), 4.6 MiB for 16, 0.29 MiB for decode (max_tokens 1).
+/// reference mode (13.5 MiB fast), 4.6 MiB for 16, 0.29 MiB for decode (max_tokens 1).
 struct moe_scratch {
     void* data = nullptr;
     std::size_t bytes = 0;
