@@ -2,6 +2,7 @@
 // streaming-read ceiling that every bandwidth-bound row divides by (bw_frac).
 #pragma once
 
+#include <dsv4/formats.hpp>
 #include <dsv4/kernel_table.hpp>
 
 #include <benchmark/benchmark.h>
@@ -9,6 +10,8 @@
 #include <oneapi/tbb/parallel_for.h>
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -16,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <time.h>
@@ -68,6 +72,34 @@ struct buffer {
 
 /// Enough copies of a working set of `bytes` that rotating through them keeps every
 /// access cold: together at least 4x the last-level cache (256 MiB floor).
+/// e4m3 weight codes distributed like a real checkpoint's: normal weights quantised with the
+/// block's amax at 448. Codes drawn uniformly from 65536 such samples, so subnormal codes
+/// (|w| < 2^-6, ~1e-4 of a real checkpoint) are as rare as there: they are slow operands for
+/// f32 multiplies on some cores, and uniformly random bytes (1/16 subnormal) would penalise
+/// the f32 paths for a case the checkpoint does not have.
+inline const std::array<uint8_t, 65536>& e4m3_code_table() {
+    static const std::array<uint8_t, 65536> t = [] {
+        std::array<float, 65536> v{};
+        std::mt19937_64 rng(448);
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        float amax = 0.0f;
+        for (auto& x : v) amax = std::max(amax, std::fabs(x = nd(rng)));
+        std::array<uint8_t, 65536> c{};
+        for (std::size_t i = 0; i < c.size(); ++i) c[i] = dsv4::f32_to_e4m3(v[i] * (448.0f / amax));
+        return c;
+    }();
+    return t;
+}
+/// Fills n bytes with e4m3_code_table codes (xorshift indices, deterministic per seed).
+inline void fill_e4m3(unsigned char* p, std::size_t n, uint64_t seed) {
+    const auto& t = e4m3_code_table();
+    uint64_t z = seed | 1;
+    for (std::size_t i = 0; i < n; i += 4) {
+        z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+        for (std::size_t k = 0; k < 4 && i + k < n; ++k) p[i + k] = t[uint16_t(z >> (16 * k))];
+    }
+}
+
 inline std::size_t cold_copies(std::size_t bytes) {
     const std::size_t want = std::size_t(256) << 20;
     if (bytes >= want) return 1;  // one pass over it already evicts the LLC

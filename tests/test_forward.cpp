@@ -93,10 +93,10 @@ TEST_CASE("forward: prefill logits of 1 and 7 tokens match the reference closely
     }
 }
 
-TEST_CASE("forward: fast numerics (int8 routed experts, bf16-block FP8 on AVX-512) stay near the reference") {
+TEST_CASE("forward: fast numerics (int8 routed experts, bf16-block FP8 on avx512_bf16) stay near the reference") {
     // Fast mode changes the routed experts' activation rounding (int8 per 32 instead of FP8
-    // per 128) and, on AVX-512 tiers, sums the FP8 projections in another order (on
-    // avx512_bf16 without the subnormal weight codes). The toy model (random weights) amplifies
+    // per 128) and, on avx512_bf16, sums the FP8 projections in another order and without
+    // the subnormal weight codes. The toy model (random weights) amplifies
     // the int8 rounding: measured rel RMS 0.063 (S1) / 0.238 (S7), max |dlogit| 0.22 / 0.87, the
     // same on the scalar tier (reference FP8 path) as on avx512_bf16 (bf16 FP8 path) to 1e-3.
     // A guard against a broken fast path (wrong scale, lost block: rel RMS ~1), not a tight bound.

@@ -15,7 +15,7 @@
 // points (forward.py "Precision" and choice 4). FP8 linears: act_quant (block 128) ->
 // exact f32 -> fp8_gemv (reference mode); wo_a: bf16 activations as f32 rows through
 // fp8_grouped_gemv; head: bf16_gemv with f32 logits. With forward_options::numerics fast on
-// an AVX-512 tier, the FP8 linears and wo_a take the same activations as bf16 blocks
+// avx512_bf16, the FP8 linears and wo_a take the same activations as bf16 blocks
 // (to_bf16_blocks, exact) through fp8_gemv_bf16: the same products (on avx512_bf16 less the
 // subnormal weight codes), summed in another order; the routed experts go int8 (moe.hpp).
 //
@@ -74,7 +74,7 @@ enum class model_revision : int {
 struct forward_options {
     fp8_sim_revision kv_fp8 = fp8_sim_revision::current;  ///< window KV + main compressor FP8 simulation
     bool shared_clamp = true;                             ///< clamp the shared expert's SwiGLU
-    moe_numerics numerics = moe_numerics::reference;      ///< reference, or fast: int8 routed experts, bf16-block FP8 (AVX-512)
+    moe_numerics numerics = moe_numerics::reference;      ///< reference, or fast: int8 routed experts, bf16-block FP8 (avx512_bf16)
     std::size_t max_context = 0;  ///< positions a sequence may reach; 0: min(max_position_embeddings, 65536)
     std::size_t rope_table_rows = 8192;  ///< precomputed cos/sin rows per table (beyond: on the fly)
     bool validate = true;         ///< check every tensor against the config (validate_checkpoint)
@@ -386,8 +386,8 @@ private:
     }
 
     // ------------------------------------------------------------------ pieces
-    /// Fast numerics on an AVX-512 tier: FP8 projections take their (exact) activations as
-    /// bf16 blocks (fp8_gemv_bf16), the faster path there; elsewhere the reference path.
+    /// Fast numerics on avx512_bf16: FP8 projections take their (exact) activations as bf16
+    /// blocks (fp8_gemv_bf16), the faster path there; elsewhere the reference path.
     bool fp8_bf16() const { return opt_.numerics == moe_numerics::fast && fp8_bf16_preferred(); }
 
     /// y = bf16(act_quant(x, 128) . w^T) for m rows (chunks of 32 tokens).

@@ -128,20 +128,20 @@ inline void check_bf16_blocks(const bf16_block_rows& x, std::size_t k, const cha
 }
 }  // namespace detail
 
-/// Whether fp8_gemv_bf16 beats fp8_gemv on the kernels in use: yes on the AVX-512 tiers
-/// (integer weight decode; vdpbf16ps on avx512_bf16), no on AVX2, whose F16C decode with
-/// f32 activations does less work per weight than converting bf16 activations as well.
+/// Whether fp8_gemv_bf16 beats fp8_gemv on the kernels in use: yes on avx512_bf16
+/// (vdpbf16ps, 1.6x the hot rate); elsewhere the bf16 activations must be converted to f32
+/// as well, which makes it no faster (AVX-512) or slower (AVX2) than the reference path.
 inline bool fp8_bf16_preferred() {
 #if DSV4_RUNTIME_DISPATCH
-    return active_kernels().compiled_for >= tier::avx512;
+    return active_kernels().compiled_for >= tier::avx512_bf16;
 #else
-    return compiled_tier >= tier::avx512;
+    return compiled_tier >= tier::avx512_bf16;
 #endif
 }
 
 /// y = x * w^T for FP8 weights, fast mode (x: to_bf16_blocks output). The fastest FP8 path
-/// on avx512_bf16 (vdpbf16ps); other tiers compute the same through f32 FMAs, a little
-/// slower than fp8_gemv. Error bound: gemv_kernels.hpp, dot_fp8_bf16_row.
+/// on avx512_bf16 (vdpbf16ps); other tiers compute the same through f32 FMAs, no faster
+/// than fp8_gemv (see fp8_bf16_preferred). Error bound: gemv_kernels.hpp, dot_fp8_bf16_row.
 inline void fp8_gemv_bf16(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& y, std::size_t r0 = 0,
                           std::size_t r1 = all_rows) {
     detail::check_fp8(w, "fp8_gemv_bf16");

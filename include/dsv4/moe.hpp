@@ -18,10 +18,10 @@
 //   reference  the official precision: every expert input act_quant'ed to FP8 (block 128),
 //              GEMV sums in f32, each projection output rounded to bf16 (spec §2.5, §8).
 //   fast       routed experts take int8 activations per 32 (quantize_q8; maddubs/VNNI dot
-//              products) for x and for the down-projection input; on AVX-512 tiers the shared
+//              products) for x and for the down-projection input; on avx512_bf16 the shared
 //              FP8 expert takes the same FP8 activations as bf16 blocks (fp8_gemv_bf16, see
-//              fp8_bf16_preferred; on avx512_bf16 subnormal weight codes count as zero); the
-//              gate is unchanged.
+//              fp8_bf16_preferred; subnormal weight codes count as zero there); the gate is
+//              unchanged.
 // shared_clamp: true = current official revision (shared expert clamped like the routed
 // ones), false = initial revision (no clamp), spec §8.3 / §10.1.
 //
