@@ -119,7 +119,7 @@ void decode_step_bench(benchmark::State& st, std::size_t ctx, int threads) {
     std::normal_distribution<float> nd(0.0f, 1.0f);
     std::uniform_int_distribution<int> byte(0, 255);
     std::vector<uint8_t> wq(H * D * ql), wqs(H * D / 128 * ql / 128);
-    for (auto& b : wq) b = uint8_t(byte(rng) & 0xBE);  // no NaN codes
+    bench::fill_e4m3(wq.data(), wq.size(), 9);  // checkpoint-like codes (bench_common.hpp)
     for (auto& b : wqs) b = uint8_t(118 + byte(rng) % 4);
     std::vector<uint16_t> wp(H * dim), wkv(256 * dim), wg(256 * dim), norm(128), x(dim), qr(ql);
     for (auto& v : wp) v = dsv4::f32_to_bf16(nd(rng) * 0.0156f);
