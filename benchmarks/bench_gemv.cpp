@@ -87,8 +87,8 @@ acts make_acts(std::size_t m, std::size_t k) {
     if (k % 32 == 0) {
         a.q.resize(m * k);
         a.d.resize(m * k / 32);
-        a.c.resize(m * k / 8);
-        dsv4::quantize_q8(xb.data(), k, m, k, a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 8);
+        a.c.resize(m * k / 32);
+        dsv4::quantize_q8(xb.data(), k, m, k, a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32);
     }
     if (k % 128 == 0) {
         a.xb.resize(m * k);
@@ -157,7 +157,7 @@ const bool registered = [] {
                                 const auto a = make_acts(m, k);
                                 std::vector<float> y(m * n);
                                 const dsv4::gemv_out out{y.data(), nullptr, n};
-                                const dsv4::q8_rows q{a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 8, m};
+                                const dsv4::q8_rows q{a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m};
                                 const dsv4::f32_rows x{a.f32.data(), k, m};
                                 run(st, n, double(ws.w_bytes + ws.s_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
                                     [&](std::size_t c, std::size_t r0, std::size_t r1) {
@@ -185,7 +185,7 @@ const bool registered = [] {
                                     const dsv4::fp4_matrix W1{ws.w[2 * c].data(), k / 2, ws.s[2 * c].data(), k / 32, n, k};
                                     const dsv4::fp4_matrix W3{ws.w[2 * c + 1].data(), k / 2, ws.s[2 * c + 1].data(), k / 32, n, k};
                                     if (fast)
-                                        K.fp4_gate_up_q8_rows(W1, W3, {a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 8, m}, e, out, r0, r1);
+                                        K.fp4_gate_up_q8_rows(W1, W3, {a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m}, e, out, r0, r1);
                                     else
                                         K.fp4_gate_up_rows(W1, W3, {a.f32.data(), k, m}, e, out, r0, r1);
                                 });

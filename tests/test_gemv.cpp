@@ -177,11 +177,11 @@ TEST_CASE("gemv: FP4 fast mode (int8 activations) within its derived bound, and 
         const auto xb = g.get<uint16_t>("x");
         std::vector<int8_t> q(m * k);
         std::vector<float> d(m * k / 32);
-        std::vector<int32_t> c(m * k / 8);
-        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k, d.data(), k / 32, c.data(), k / 8);
+        std::vector<int32_t> c(m * k / 32);
+        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k, d.data(), k / 32, c.data(), k / 32);
         const dsv4::fp4_matrix W{w.data(), k / 2, s.data(), k / 32, n, k};
         const auto y = run_both_outputs(
-            m, n, [&](dsv4::gemv_out o) { dsv4::fp4_gemv_q8(W, {q.data(), k, d.data(), k / 32, c.data(), k / 8, m}, o); });
+            m, n, [&](dsv4::gemv_out o) { dsv4::fp4_gemv_q8(W, {q.data(), k, d.data(), k / 32, c.data(), k / 32, m}, o); });
         const auto a = acts_f32(g, m, k);
         std::vector<float> yref(m * n);
         dsv4::fp4_gemv(W, {a.data(), k, m}, {yref.data(), nullptr, n});
@@ -249,10 +249,10 @@ TEST_CASE("gemv: fused FP4 gate+up with SwiGLU against the goldens (both modes)"
         const auto xb = g.get<uint16_t>("x");
         std::vector<int8_t> q(m * k);
         std::vector<float> d(m * k / 32);
-        std::vector<int32_t> c(m * k / 8);
-        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k, d.data(), k / 32, c.data(), k / 8);
+        std::vector<int32_t> c(m * k / 32);
+        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k, d.data(), k / 32, c.data(), k / 32);
         std::vector<float> hq(m * n);
-        dsv4::fp4_gate_up_q8(W1, W3, {q.data(), k, d.data(), k / 32, c.data(), k / 8, m}, e, {hq.data(), nullptr, n});
+        dsv4::fp4_gate_up_q8(W1, W3, {q.data(), k, d.data(), k / 32, c.data(), k / 32, m}, e, {hq.data(), nullptr, n});
         double num = 0, den = 0;
         for (std::size_t i = 0; i < m * n; ++i) {
             num += (hq[i] - h[i]) * double(hq[i] - h[i]);
@@ -333,9 +333,9 @@ TEST_CASE("gemv: every tier vs scalar, M = 1..9, odd N, strided rows, any row sp
         // fast mode: integer dots are exact, only the f32 accumulation order differs
         std::vector<int8_t> q(m * (k + 8));
         std::vector<float> d(m * (k / 32 + 2));
-        std::vector<int32_t> c(m * (k / 8 + 4));
-        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k + 8, d.data(), k / 32 + 2, c.data(), k / 8 + 4);
-        const dsv4::q8_rows Q{q.data(), k + 8, d.data(), k / 32 + 2, c.data(), k / 8 + 4, m};
+        std::vector<int32_t> c(m * (k / 32 + 3));
+        dsv4::quantize_q8(xb.data(), k, m, k, q.data(), k + 8, d.data(), k / 32 + 2, c.data(), k / 32 + 3);
+        const dsv4::q8_rows Q{q.data(), k + 8, d.data(), k / 32 + 2, c.data(), k / 32 + 3, m};
         act.fp4_gemv_q8_rows(W.view(), Q, {y1.data(), nullptr, n}, 0, n);
         ref.fp4_gemv_q8_rows(W.view(), Q, {y2.data(), nullptr, n}, 0, n);
         for (std::size_t i = 0; i < m * n; ++i) CHECK(std::fabs(y1[i] - y2[i]) <= 1e-5 * (std::fabs(y2[i]) + 1.0));

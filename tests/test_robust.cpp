@@ -204,8 +204,8 @@ TEST_CASE("robust: act_quant and quantize_q8 keep NaN/Inf visible, read nothing 
     // int8 per 32 (fast FP4 mode): the block scale becomes NaN
     guarded<int8_t> q(3 * K);
     guarded<float> d(3 * K / 32);
-    guarded<int32_t> corr(3 * K / 8);
-    dsv4::quantize_q8(x.data(), K, 3, K, q.data(), K, d.data(), K / 32, corr.data(), K / 8);
+    guarded<int32_t> corr(3 * K / 32);
+    dsv4::quantize_q8(x.data(), K, 3, K, q.data(), K, d.data(), K / 32, corr.data(), K / 32);
     CHECK(std::isnan(d[5 / 32]));
     CHECK(!std::isfinite(d[(K + 200) / 32]));
     CHECK(!std::isfinite(d[(K + 510) / 32]));
@@ -271,9 +271,9 @@ TEST_CASE("robust: GEMV of every format propagates NaN/Inf activations row by ro
         check_rows("fp4 reference", y.data(), N);
         guarded<int8_t> q(M * K);
         guarded<float> d(M * K / 32);
-        guarded<int32_t> c(M * K / 8);
-        dsv4::quantize_q8(xb.data(), K, M, K, q.data(), K, d.data(), K / 32, c.data(), K / 8);
-        const dsv4::q8_rows xq{q.data(), K, d.data(), K / 32, c.data(), K / 8, M};
+        guarded<int32_t> c(M * K / 32);
+        dsv4::quantize_q8(xb.data(), K, M, K, q.data(), K, d.data(), K / 32, c.data(), K / 32);
+        const dsv4::q8_rows xq{q.data(), K, d.data(), K / 32, c.data(), K / 32, M};
         dsv4::fp4_gemv_q8(m1, xq, dsv4::gemv_out{y.data(), nullptr, N});
         check_rows("fp4 fast (q8)", y.data(), N);
         // gate+up with the SwiGLU clamp: NaN must survive min/clamp (an Inf may legitimately
@@ -586,7 +586,7 @@ TEST_CASE("robust: GEMV preconditions") {
          {"dsv4::fp8_acts_to_f32", "stride"}},
         {"quantize_q8 k", [&] { dsv4::quantize_q8(b.b16.data(), 40, 1, 40, b.i8.data(), 40, b.f.data(), 2, b.i32.data(), 5); },
          {"dsv4::quantize_q8", "multiple of 32"}},
-        {"quantize_q8 stride", [&] { dsv4::quantize_q8(b.b16.data(), 64, 2, 64, b.i8.data(), 64, b.f.data(), 2, b.i32.data(), 4); },
+        {"quantize_q8 stride", [&] { dsv4::quantize_q8(b.b16.data(), 64, 2, 64, b.i8.data(), 64, b.f.data(), 2, b.i32.data(), 1); },
          {"dsv4::quantize_q8", "stride"}},
     });
 }

@@ -36,7 +36,7 @@ inline void check_x(const f32_rows& x, std::size_t k, const char* fn) {
 }
 inline void check_q8(const q8_rows& x, std::size_t k, const char* fn) {
     require(x.m == 0 || (x.q && x.scales && x.corr), fn, "q8 activations are null");
-    require(x.m <= 1 || (x.q_stride >= k && x.scales_stride >= k / 32 && x.corr_stride >= k / 8), fn,
+    require(x.m <= 1 || (x.q_stride >= k && x.scales_stride >= k / 32 && x.corr_stride >= k / 32), fn,
             "q8 strides smaller than the row");
 }
 inline void check_fp4(const fp4_matrix& w, const char* fn) {
@@ -77,12 +77,12 @@ inline void to_bf16_blocks(const float* a, std::size_t a_stride, std::size_t m, 
 }
 
 /// Fast FP4 mode activations: bf16 x [m, k] -> int8 q [m, k] (group layout), f32 scales
-/// d [m, k/32] and the per-block correction terms corr [m, k/8] (see q8_rows).
+/// d [m, k/32] and the per-block correction terms corr [m, k/32] (see q8_rows).
 inline void quantize_q8(const uint16_t* x, std::size_t x_stride, std::size_t m, std::size_t k, int8_t* q,
                         std::size_t q_stride, float* d, std::size_t d_stride, int32_t* corr, std::size_t corr_stride) {
     detail::require(k % 32 == 0, "quantize_q8", "k must be a multiple of 32");
     detail::require(m == 0 || (x && q && d && corr), "quantize_q8", "null pointer");
-    detail::require(m <= 1 || (x_stride >= k && q_stride >= k && d_stride >= k / 32 && corr_stride >= k / 8),
+    detail::require(m <= 1 || (x_stride >= k && q_stride >= k && d_stride >= k / 32 && corr_stride >= k / 32),
                     "quantize_q8", "stride smaller than the row");
     const auto fn = DSV4_KERNEL(quantize_q8_row);
     for (std::size_t r = 0; r < m; ++r) fn(x + r * x_stride, k, q + r * q_stride, d + r * d_stride, corr + r * corr_stride);

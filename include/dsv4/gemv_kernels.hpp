@@ -520,7 +520,7 @@ void to_bf16_blocks_row(const float* a, std::size_t k, uint16_t* x, int32_t* shi
 /// d = amax/127 (f32 division), q = round_to_nearest_even(x * (127/amax)), written in
 /// group layout (4 blocks of 32 per group; within a group the even-index elements of
 /// every block come first, then the odd ones; the last group may have fewer blocks).
-/// corr gets, per block, {-12 * sum(q), 0, 0, 0} (k/8 int32): the SIMD dot products use
+/// corr gets, per block, -12 * sum(q) (k/32 int32): the SIMD dot products use
 /// the unsigned 2*e2m1 + 12 and start from it. Identical on every tier (plain scalar code:
 /// it is O(k) beside O(n k) of weights).
 template <class Arch>
@@ -542,9 +542,7 @@ void quantize_q8_row(const uint16_t* x, std::size_t k, int8_t* q, float* d, int3
                 q[g0 + gemv_detail::q8_group_pos(b, i, gb)] = qi;
                 sum += qi;
             }
-            int32_t* c = corr + (b0 / 32) * 4;
-            c[0] = -simd::fp4_q8_offset * sum;
-            c[1] = c[2] = c[3] = 0;
+            corr[b0 / 32] = -simd::fp4_q8_offset * sum;
         }
     }
 }

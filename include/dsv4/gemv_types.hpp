@@ -42,8 +42,8 @@ struct q8_rows {
     std::size_t q_stride = 0;  ///< elements between rows (>= k)
     const float* scales = nullptr;
     std::size_t scales_stride = 0;  ///< elements between rows (>= k/32)
-    const int32_t* corr = nullptr;  ///< per block {-12 * sum(q), 0, 0, 0}: k/32*4 per row
-    std::size_t corr_stride = 0;    ///< elements between rows (>= k/8)
+    const int32_t* corr = nullptr;  ///< per block -12 * sum(q): k/32 per row
+    std::size_t corr_stride = 0;    ///< elements between rows (>= k/32)
     std::size_t m = 0;
 };
 /// M activation rows for the fast FP8 mode (fp8_gemv_bf16), see to_bf16_blocks: per block

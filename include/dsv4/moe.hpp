@@ -191,17 +191,17 @@ constexpr moe_layout moe_scratch_layout(const moe_config& c, std::size_t tm) noe
     sz[mb_xg] = ref ? A * D * 4 : 0;
     sz[mb_xq] = ref ? 0 : tm * D;
     sz[mb_xd] = ref ? 0 : tm * (D / 32) * 4;
-    sz[mb_xc] = ref ? 0 : tm * (D / 8) * 4;
+    sz[mb_xc] = ref ? 0 : tm * (D / 32) * 4;
     sz[mb_xgq] = ref ? 0 : A * D;
     sz[mb_xgd] = ref ? 0 : A * (D / 32) * 4;
-    sz[mb_xgc] = ref ? 0 : A * (D / 8) * 4;
+    sz[mb_xgc] = ref ? 0 : A * (D / 32) * 4;
     sz[mb_h] = A * I * 2;
     sz[mb_hcodes] = ref ? A * I : 0;
     sz[mb_hscales] = ref ? A * (I / 128) : 0;
     sz[mb_hf] = ref ? A * I * 4 : 0;
     sz[mb_hq] = ref ? 0 : A * I;
     sz[mb_hd] = ref ? 0 : A * (I / 32) * 4;
-    sz[mb_hc] = ref ? 0 : A * (I / 8) * 4;
+    sz[mb_hc] = ref ? 0 : A * (I / 32) * 4;
     sz[mb_sa] = sz[mb_sb] = sz[mb_sh] = tm * I * 2;
     sz[mb_shcodes] = tm * I;
     sz[mb_shscales] = tm * (I / 128);
@@ -411,9 +411,9 @@ inline f32_rows expert_x(const moe_run& r, uint32_t e) noexcept {
 }
 inline q8_rows expert_xq(const moe_run& r, uint32_t e) noexcept {
     const std::size_t D = r.cfg->dim;
-    if (r.tokens == 1) return {r.xq, D, r.xd, D / 32, r.xc, D / 8, 1};
+    if (r.tokens == 1) return {r.xq, D, r.xd, D / 32, r.xc, D / 32, 1};
     const std::size_t o = r.offset[e];
-    return {r.xgq + o * D, D, r.xgd + o * (D / 32), D / 32, r.xgc + o * (D / 8), D / 8, r.count[e]};
+    return {r.xgq + o * D, D, r.xgd + o * (D / 32), D / 32, r.xgc + o * (D / 32), D / 32, r.count[e]};
 }
 
 }  // namespace detail
@@ -511,7 +511,7 @@ inline void moe_prepare(const moe_run& r, std::size_t t0 = 0, std::size_t t1 = a
         const uint16_t* x = r.x + t * r.x_stride;
         act_quant_fp8(x, 1, D, D, 128, r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128);
         fp8_acts_to_f32(r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128, 1, D, r.xs + t * D, D);
-        if (fast) quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32, r.xc + t * (D / 8), D / 8);
+        if (fast) quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32, r.xc + t * (D / 32), D / 32);
         if (fast && fp8_bf16_preferred())
             to_bf16_blocks(r.xs + t * D, D, 1, D, r.xsb + t * D, D, r.xss + t * (D / 128), D / 128);
         if (r.tokens == 1) continue;
@@ -520,7 +520,7 @@ inline void moe_prepare(const moe_run& r, std::size_t t0 = 0, std::size_t t1 = a
             if (fast) {
                 std::memcpy(r.xgq + slot * D, r.xq + t * D, D);
                 std::memcpy(r.xgd + slot * (D / 32), r.xd + t * (D / 32), (D / 32) * sizeof(float));
-                std::memcpy(r.xgc + slot * (D / 8), r.xc + t * (D / 8), (D / 8) * sizeof(int32_t));
+                std::memcpy(r.xgc + slot * (D / 32), r.xc + t * (D / 32), (D / 32) * sizeof(int32_t));
             } else {
                 std::memcpy(r.xg + slot * D, r.xs + t * D, D * sizeof(float));
             }
@@ -555,7 +555,7 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
             if (fast) {
                 fp4_gate_up_q8(W.w1, W.w3, detail::expert_xq(r, e), epi, gemv_out{nullptr, h, I}, rr0, rr1);
                 quantize_q8(h + rr0, I, n, rr1 - rr0, r.hq + off * I + rr0, I, r.hd + off * (I / 32) + rr0 / 32, I / 32,
-                            r.hc + off * (I / 8) + rr0 / 8, I / 8);
+                            r.hc + off * (I / 32) + rr0 / 32, I / 32);
             } else {
                 fp4_gate_up(W.w1, W.w3, detail::expert_x(r, e), epi, gemv_out{nullptr, h, I}, rr0, rr1);
                 uint8_t* codes = r.hcodes + off * I + rr0;
@@ -601,7 +601,7 @@ inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_
         const gemv_out out{nullptr, r.ro + off * D, D};
         if (fast)
             fp4_gemv_q8(r.w->experts[e].w2,
-                        q8_rows{r.hq + off * I, I, r.hd + off * (I / 32), I / 32, r.hc + off * (I / 8), I / 8, n}, out, r0,
+                        q8_rows{r.hq + off * I, I, r.hd + off * (I / 32), I / 32, r.hc + off * (I / 32), I / 32, n}, out, r0,
                         r1);
         else
             fp4_gemv(r.w->experts[e].w2, f32_rows{r.hf + off * I, I, n}, out, r0, r1);

@@ -141,14 +141,14 @@ DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const i
     const __m256i lo_idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), hi_idx = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
     for (std::size_t j = 0; j < MT; ++j) {
         const int8_t* aj = a[j] + g0;
-        const int32_t* cj = corr[j] + g0 / 32 * 4;
+        const int32_t* cj = corr[j] + g0 / 32;
         const __m256 s4 = _mm256_castps128_ps256(_mm_mul_ps(_mm_loadu_ps(d[j] + g0 / 32), ws));
         __m256 r = acc[j];
         for (int h = 0; h < 2; ++h) {  // blocks 2h, 2h+1: int32 lanes 0-3 and 4-7
             const __m256i al = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aj + 32 * h));
             const __m256i ah = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aj + 64 + 32 * h));
-            // starts from -12 * sum(a) per block (q8_rows::corr)
-            __m256i dot = dot_u8s8(A{}, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + 8 * h)), ul[h], al);
+            // starts from -12 * sum(a) per block (q8_rows::corr) in one lane of the block's four
+            __m256i dot = dot_u8s8(A{}, _mm256_setr_epi32(cj[2 * h], 0, 0, 0, cj[2 * h + 1], 0, 0, 0), ul[h], al);
             dot = dot_u8s8(A{}, dot, uh[h], ah);
             r = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_permutevar8x32_ps(s4, h ? hi_idx : lo_idx), r);
         }
@@ -181,13 +181,14 @@ DSV4_INLINE void fp4q8_super_fma(A, const uint8_t* w, const uint8_t* sw, const i
         ul[i] = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, m));
         uh[i] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), m));
     }
-    // block_sums4 of [g0h0, g0h1, g1h0, g1h1] puts natural block 2i + h in lane 4h + i
-    const __m256i to_lanes = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    // block_sums4 of [g0h0, g0h1, g1h0, g1h1] puts natural block 2i + h in lane 4h + i;
+    // to_natural gathers them back in block order (lane b <- lane 4(b % 2) + b / 2)
+    const __m256i to_natural = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     const __m256 ws[2] = {fp4_w_scales8(sw), fp4_w_scales8(sw + 8)};
     DSV4_UNROLL
     for (std::size_t j = 0; j < MT; ++j) {
         const int8_t* aj = a[j] + g0;
-        const int32_t* cj = corr[j] + g0 / 32 * 4;
+        const int32_t* cj = corr[j] + g0 / 32;
         __m256 r = acc[j];
         DSV4_UNROLL
         for (int p = 0; p < 2; ++p) {  // groups 2p, 2p+1
@@ -196,12 +197,14 @@ DSV4_INLINE void fp4q8_super_fma(A, const uint8_t* w, const uint8_t* sw, const i
             for (int i = 0; i < 4; ++i) {
                 const int gi = 2 * p + i / 2, h = i % 2;
                 const int8_t* ag = aj + 128 * gi + 32 * h;
-                dot[i] = dot_u8s8(A{}, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + 16 * gi + 8 * h)), ul[2 * gi + h],
-                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag)));
+                dot[i] = dot_u8s8(A{}, _mm256_setzero_si256(), ul[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag)));
                 dot[i] = dot_u8s8(A{}, dot[i], uh[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag + 64)));
             }
-            const __m256 s = _mm256_permutevar8x32_ps(_mm256_mul_ps(_mm256_loadu_ps(d[j] + g0 / 32 + 8 * p), ws[p]), to_lanes);
-            r = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sums4(dot)), s, r);
+            // exact block sums in block order, plus -12 * sum(a) per block (q8_rows::corr)
+            const __m256i sums = _mm256_add_epi32(_mm256_permutevar8x32_epi32(block_sums4(dot), to_natural),
+                                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cj + 8 * p)));
+            const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(d[j] + g0 / 32 + 8 * p), ws[p]);
+            r = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), s, r);
         }
         acc[j] = r;
     }
@@ -272,7 +275,8 @@ DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const i
     const __m128 ws = fp4_w_scales4(sw);
     for (std::size_t j = 0; j < MT; ++j) {
         const int8_t* aj = a[j] + g0;
-        const __m512i c = _mm512_loadu_si512(corr[j] + g0 / 32 * 4);  // -12 * sum(a) per block, lane 0 of 4
+        const int32_t* cj = corr[j] + g0 / 32;  // -12 * sum(a) per block, into lane 0 of its 4
+        const __m512i c = _mm512_setr_epi32(cj[0], 0, 0, 0, cj[1], 0, 0, 0, cj[2], 0, 0, 0, cj[3], 0, 0, 0);
         __m512i dot = dot_u8s8(A{}, c, ul, _mm512_loadu_si512(aj));
         dot = dot_u8s8(A{}, dot, uh, _mm512_loadu_si512(aj + 64));
         const __m128 s4 = _mm_mul_ps(_mm_loadu_ps(d[j] + g0 / 32), ws);
@@ -301,8 +305,9 @@ DSV4_INLINE void fp4q8_super_fma(A, const uint8_t* w, const uint8_t* sw, const i
         ul[g] = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, m));
         uh[g] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), m));
     }
-    // block_sums4 puts natural block 4i + L (group i, block L) in lane 4L + i
-    const __m512i to_lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    // block_sums4 puts natural block 4i + L (group i, block L) in lane 4L + i; the same
+    // transposition brings them back to block order
+    const __m512i to_natural = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sw)));
     const __m512 ws = _mm512_mul_ps(
         _mm512_mask_mov_ps(_mm512_castsi512_ps(_mm512_slli_epi32(e, 23)), _mm512_testn_epi32_mask(e, e),
@@ -311,15 +316,18 @@ DSV4_INLINE void fp4q8_super_fma(A, const uint8_t* w, const uint8_t* sw, const i
     DSV4_UNROLL
     for (std::size_t j = 0; j < MT; ++j) {
         const int8_t* aj = a[j] + g0;
-        const int32_t* cj = corr[j] + g0 / 32 * 4;
         __m512i dot[4];
         DSV4_UNROLL
         for (int g = 0; g < 4; ++g) {
-            dot[g] = dot_u8s8(A{}, _mm512_loadu_si512(cj + 16 * g), ul[g], _mm512_loadu_si512(aj + 128 * g));
+            dot[g] = dot_u8s8(A{}, _mm512_setzero_si512(), ul[g], _mm512_loadu_si512(aj + 128 * g));
             dot[g] = dot_u8s8(A{}, dot[g], uh[g], _mm512_loadu_si512(aj + 128 * g + 64));
         }
-        const __m512 s = _mm512_permutexvar_ps(to_lanes, _mm512_mul_ps(_mm512_loadu_ps(d[j] + g0 / 32), ws));
-        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block_sums4(dot)), s, acc[j]);
+        // exact block sums in block order, plus -12 * sum(a) per block (q8_rows::corr): one
+        // load per 16 blocks rather than an accumulator load per 4
+        const __m512i sums = _mm512_add_epi32(_mm512_permutexvar_epi32(to_natural, block_sums4(dot)),
+                                              _mm512_loadu_si512(corr[j] + g0 / 32));
+        const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(d[j] + g0 / 32), ws);
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), s, acc[j]);
     }
 }
 #endif
