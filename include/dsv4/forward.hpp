@@ -390,6 +390,23 @@ private:
     /// blocks (fp8_gemv_bf16), the faster path there; elsewhere the reference path.
     bool fp8_bf16() const { return opt_.numerics == moe_numerics::fast && fp8_bf16_preferred(); }
 
+    /// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16()
+    /// picks; xb / sh: room for the bf16 blocks of xf when it picks fp8_gemv_bf16.
+    void fp8_project(const fp8_matrix& w, std::size_t groups, const float* xf, std::size_t m, uint16_t* xb,
+                     int32_t* sh, const gemv_out& out) const {
+        const std::size_t kx = groups * w.k;
+        if (fp8_bf16()) {
+            to_bf16_blocks(xf, kx, m, kx, xb, kx, sh, kx / 128);
+            const bf16_block_rows x{xb, kx, sh, kx / 128, m};
+            if (groups == 1) par::fp8_gemv_bf16(w, x, out);
+            else par::fp8_grouped_gemv_bf16(w, groups, x, out);
+        } else {
+            const f32_rows x{xf, kx, m};
+            if (groups == 1) par::fp8_gemv(w, x, out);
+            else par::fp8_grouped_gemv(w, groups, x, out);
+        }
+    }
+
     /// y = bf16(act_quant(x, 128) . w^T) for m rows (chunks of 32 tokens).
     void fp8_linear(const fp8_matrix& w, const uint16_t* x, std::size_t x_stride, std::size_t m, uint16_t* y,
                     std::size_t y_stride) const {
@@ -404,13 +421,7 @@ private:
             const std::size_t n = std::min(C, m - a);
             act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes.data(), K, scales.data(), K / 128);
             fp8_acts_to_f32(codes.data(), K, scales.data(), K / 128, n, K, xf.data(), K);
-            const gemv_out out{nullptr, y + a * y_stride, y_stride};
-            if (bf) {
-                to_bf16_blocks(xf.data(), K, n, K, xb.data(), K, sh.data(), K / 128);
-                par::fp8_gemv_bf16(w, bf16_block_rows{xb.data(), K, sh.data(), K / 128, n}, out);
-            } else {
-                par::fp8_gemv(w, f32_rows{xf.data(), K, n}, out);
-            }
+            fp8_project(w, 1, xf.data(), n, xb.data(), sh.data(), gemv_out{nullptr, y + a * y_stride, y_stride});
         }
     }
 
@@ -552,13 +563,7 @@ private:
         for (std::size_t t0 = 0; t0 < S; t0 += 32) {
             const std::size_t m = std::min<std::size_t>(32, S - t0);
             decode_bf16(o.data() + t0 * qw, of.data(), m * qw);
-            const gemv_out uo{nullptr, u.data() + t0 * GR, GR};
-            if (bf) {
-                to_bf16_blocks(of.data(), qw, m, qw, ob.data(), qw, osh.data(), qw / 128);
-                par::fp8_grouped_gemv_bf16(w.wo_a, G, bf16_block_rows{ob.data(), qw, osh.data(), qw / 128, m}, uo);
-            } else {
-                par::fp8_grouped_gemv(w.wo_a, G, f32_rows{of.data(), qw, m}, uo);
-            }
+            fp8_project(w.wo_a, G, of.data(), m, ob.data(), osh.data(), gemv_out{nullptr, u.data() + t0 * GR, GR});
         }
         fp8_linear(w.wo_b, u.data(), GR, S, out, D_);
     }

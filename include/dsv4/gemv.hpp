@@ -126,6 +126,12 @@ inline void check_bf16_blocks(const bf16_block_rows& x, std::size_t k, const cha
     require(x.m == 0 || (x.x && x.shift), fn, "bf16 block activations are null");
     require(x.m <= 1 || (x.x_stride >= k && x.shift_stride >= k / 128), fn, "activation strides smaller than the row");
 }
+/// The grouped projection's weight: FP8, n = groups * ng, ng whole scale blocks.
+inline void check_grouped_fp8(const fp8_matrix& w, std::size_t groups, const char* fn) {
+    check_fp8(w, fn);
+    require(groups > 0 && w.n % groups == 0, fn, "n must be a multiple of groups");
+    require((w.n / groups) % 128 == 0 || groups == 1, fn, "rows per group must be a multiple of 128 (scale blocks)");
+}
 }  // namespace detail
 
 /// Whether fp8_gemv_bf16 beats fp8_gemv on the kernels in use: yes on avx512_bf16
@@ -154,10 +160,7 @@ inline void fp8_gemv_bf16(const fp8_matrix& w, const bf16_block_rows& x, const g
 /// Grouped FP8 projection, fast mode.
 inline void fp8_grouped_gemv_bf16(const fp8_matrix& w, std::size_t groups, const bf16_block_rows& x,
                                   const gemv_out& y, std::size_t r0 = 0, std::size_t r1 = all_rows) {
-    detail::check_fp8(w, "fp8_grouped_gemv_bf16");
-    detail::require(groups > 0 && w.n % groups == 0, "fp8_grouped_gemv_bf16", "n must be a multiple of groups");
-    detail::require((w.n / groups) % 128 == 0 || groups == 1, "fp8_grouped_gemv_bf16",
-                    "rows per group must be a multiple of 128 (scale blocks)");
+    detail::check_grouped_fp8(w, groups, "fp8_grouped_gemv_bf16");
     detail::check_bf16_blocks(x, groups * w.k, "fp8_grouped_gemv_bf16");
     detail::check_out(y, x.m, w.n, "fp8_grouped_gemv_bf16");
     detail::check_rows(r0, r1, w.n, "fp8_grouped_gemv_bf16");
@@ -168,10 +171,7 @@ inline void fp8_grouped_gemv_bf16(const fp8_matrix& w, std::size_t groups, const
 /// g = r / ng reads activation columns [g*k, (g+1)*k). x rows are groups * k wide.
 inline void fp8_grouped_gemv(const fp8_matrix& w, std::size_t groups, const f32_rows& x, const gemv_out& y,
                              std::size_t r0 = 0, std::size_t r1 = all_rows) {
-    detail::check_fp8(w, "fp8_grouped_gemv");
-    detail::require(groups > 0 && w.n % groups == 0, "fp8_grouped_gemv", "n must be a multiple of groups");
-    detail::require((w.n / groups) % 128 == 0 || groups == 1, "fp8_grouped_gemv",
-                    "rows per group must be a multiple of 128 (scale blocks)");
+    detail::check_grouped_fp8(w, groups, "fp8_grouped_gemv");
     detail::check_x(x, groups * w.k, "fp8_grouped_gemv");
     detail::check_out(y, x.m, w.n, "fp8_grouped_gemv");
     detail::check_rows(r0, r1, w.n, "fp8_grouped_gemv");

@@ -128,6 +128,43 @@ DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* con
 /// is finite. Real checkpoints sit near e = 112..122; other blocks take the two-step path.
 inline constexpr unsigned fp8_fold_e_min = 10, fp8_fold_e_max = 134;
 
+/// Decoded e4m3 weights on the f32 paths are e4m3 * 2^-fp8_decode_shift: integer decode to
+/// f32 bits on AVX-512 (fp8_to_f32_bits), F16C on AVX2 (fp8_to_f32_scaled), exact in scalar.
+template <class Arch>
+inline constexpr int fp8_decode_shift = simd::lanes<Arch>() == 16 ? 120 : (simd::is_scalar<Arch> ? 0 : 8);
+
+/// One 128-weight FP8 block on the f32 paths: p[j] = sum_i e4m3(w[i]) * 2^-fp8_decode_shift
+/// * x_j[i], where load(j, i) gives activation row j's elements [i, i + lanes) as f32. Two
+/// FMA chains per row (one in scalar), summed at the end: a fixed order per tier.
+template <class Arch, std::size_t MT, class Load>
+DSV4_INLINE void fp8_block_partials(const uint8_t* w, Load&& load, simd::freg<Arch>* p) noexcept {
+    constexpr std::size_t B = 128;
+    if constexpr (simd::is_scalar<Arch>) {
+        for (std::size_t j = 0; j < MT; ++j) p[j] = 0.0f;
+        for (std::size_t i = 0; i < B; ++i) {
+            const float wi = e4m3_to_f32(w[i]);
+            for (std::size_t j = 0; j < MT; ++j) p[j] = std::fma(wi, load(j, i), p[j]);
+        }
+    } else {
+        using vf = simd::vf32<Arch>;
+        constexpr std::size_t W = simd::lanes<Arch>();
+        vf a[MT][2];
+        for (auto& q : a) q[0] = q[1] = vf(0.0f);
+        DSV4_UNROLL
+        for (std::size_t i = 0; i < B; i += 16) {
+            vf wv[2];  // 16 weights: one AVX-512 vector, or two AVX2 halves
+            if constexpr (W == 16) wv[0] = vf(simd::fp8_to_f32_bits(Arch{}, w + i));
+            else simd::fp8_to_f32_scaled(Arch{}, w + i, wv[0], wv[1]);
+            for (std::size_t h = 0; h < 16 / W; ++h)
+                for (std::size_t j = 0; j < MT; ++j) {
+                    const std::size_t c = W == 16 ? (i / 16) % 2 : h;  // alternate the two chains
+                    a[j][c] = simd::fmadd(wv[h], load(j, i + W * h), a[j][c]);
+                }
+        }
+        for (std::size_t j = 0; j < MT; ++j) p[j] = a[j][0] + a[j][1];
+    }
+}
+
 /// FP8 row: per 128-block partial sums (f32), scaled by the block's power of two. On
 /// AVX-512, blocks whose scale allows it multiply each decoded weight by its (exact) scale
 /// and accumulate straight into per-lane sums instead: one multiply per 16 weights, no
@@ -164,38 +201,22 @@ DSV4_INLINE void dot_fp8_row(const uint8_t* w, const uint8_t* scale_row, std::si
             }
         }
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>((acc[j][0] + acc[j][1]) + (acc[j][2] + acc[j][3]));
-    } else if constexpr (!simd::is_scalar<Arch>) {
-        using vf = simd::vf32<Arch>;
-        constexpr std::size_t W = simd::lanes<Arch>();
-        vf acc[MT];
-        for (auto& a : acc) a = vf(0.0f);
+    } else {  // AVX2 (F16C decode, e4m3 * 2^-8) and scalar: block partials, then the block scale
+        using R = simd::freg<Arch>;
+        R acc[MT];
+        for (auto& a : acc) a = R(0.0f);
         for (std::size_t b0 = 0; b0 < k; b0 += B) {
-            simd::prefetch_weights<2>(w + b0);
-            vf p[MT][2];
-            for (auto& q : p) q[0] = q[1] = vf(0.0f);
-            for (std::size_t i = b0; i < b0 + B; i += 2 * W) {
-                vf lo, hi;
-                simd::fp8_to_f32_scaled(Arch{}, w + i, lo, hi);  // e4m3 * 2^-8
-                for (std::size_t j = 0; j < MT; ++j) {
-                    p[j][0] = simd::fmadd(lo, vf::load_unaligned(x[j] + i), p[j][0]);
-                    p[j][1] = simd::fmadd(hi, vf::load_unaligned(x[j] + i + W), p[j][1]);
-                }
-            }
-            // (p * 2^8) * 2^(e-127): two exact scalings, never an overflowing 2^135
-            const vf s(e8m0.v[scale_row[b0 / B]]);
-            for (std::size_t j = 0; j < MT; ++j) acc[j] = simd::fmadd((p[j][0] + p[j][1]) * vf(256.0f), s, acc[j]);
+            if constexpr (!simd::is_scalar<Arch>) simd::prefetch_weights<2>(w + b0);
+            R p[MT];
+            fp8_block_partials<Arch, MT>(w + b0, [&](std::size_t j, std::size_t i) { return simd::loadu<Arch>(x[j] + b0 + i); }, p);
+            // (p * 2^D) * 2^(e-127): two exact scalings, never an overflowing 2^135
+            const R s(e8m0.v[scale_row[b0 / B]]);
+            for (std::size_t j = 0; j < MT; ++j)
+                acc[j] = simd::fmadd(p[j] * R(float(1 << fp8_decode_shift<Arch>)), s, acc[j]);
         }
-        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
-    } else {
-        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
-        for (std::size_t b0 = 0; b0 < k; b0 += B) {
-            float p[MT] = {};
-            for (std::size_t i = b0; i < b0 + B; ++i) {
-                const float wi = e4m3_to_f32(w[i]);
-                for (std::size_t j = 0; j < MT; ++j) p[j] = std::fma(wi, x[j][i], p[j]);
-            }
-            const float s = e8m0.v[scale_row[b0 / B]];
-            for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(p[j], s, y[j]);
+        for (std::size_t j = 0; j < MT; ++j) {
+            if constexpr (simd::is_scalar<Arch>) y[j] = acc[j];
+            else y[j] = hsum<Arch>(acc[j]);
         }
     }
 }
@@ -254,55 +275,20 @@ DSV4_INLINE void dot_fp8_bf16_row(const uint8_t* w, const uint8_t* scale_row, st
         return;
     }
 #endif
-    if constexpr (simd::lanes<Arch>() == 16) {  // AVX-512 without BF16: integer decode, f32 FMAs
-        using vf = simd::vf32<Arch>;
-        vf acc[MT];
-        for (auto& a : acc) a = vf(0.0f);
-        for (std::size_t b0 = 0; b0 < k; b0 += B) {
-            simd::prefetch_weights<2>(w + b0);
-            vf p[MT][2];
-            for (auto& q : p) q[0] = q[1] = vf(0.0f);
-            DSV4_UNROLL
-            for (std::size_t q = 0; q < B / 16; ++q) {
-                const vf wv(simd::fp8_to_f32_bits(Arch{}, w + b0 + 16 * q));  // e4m3 * 2^-120
-                for (std::size_t j = 0; j < MT; ++j)
-                    p[j][q % 2] = simd::fmadd(wv, simd::load_bf16<Arch>(x[j] + b0 + 16 * q), p[j][q % 2]);
-            }
-            for (std::size_t j = 0; j < MT; ++j)
-                acc[j] = acc[j] + fp8_bf16_block_scaled(p[j][0] + p[j][1], scale_row[b0 / B], 120 - shift[j][b0 / B]);
-        }
-        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
-    } else if constexpr (!simd::is_scalar<Arch>) {  // AVX2: F16C decode (e4m3 * 2^-8)
-        using vf = simd::vf32<Arch>;
-        constexpr std::size_t W = simd::lanes<Arch>();
-        vf acc[MT];
-        for (auto& a : acc) a = vf(0.0f);
-        for (std::size_t b0 = 0; b0 < k; b0 += B) {
-            simd::prefetch_weights<2>(w + b0);
-            vf p[MT][2];
-            for (auto& q : p) q[0] = q[1] = vf(0.0f);
-            for (std::size_t i = b0; i < b0 + B; i += 2 * W) {
-                vf lo, hi;
-                simd::fp8_to_f32_scaled(Arch{}, w + i, lo, hi);
-                for (std::size_t j = 0; j < MT; ++j) {
-                    p[j][0] = simd::fmadd(lo, simd::load_bf16<Arch>(x[j] + i), p[j][0]);
-                    p[j][1] = simd::fmadd(hi, simd::load_bf16<Arch>(x[j] + i + W), p[j][1]);
-                }
-            }
-            for (std::size_t j = 0; j < MT; ++j)
-                acc[j] = acc[j] + fp8_bf16_block_scaled(p[j][0] + p[j][1], scale_row[b0 / B], 8 - shift[j][b0 / B]);
-        }
-        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
-    } else {
-        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
-        for (std::size_t b0 = 0; b0 < k; b0 += B) {
-            float p[MT] = {};
-            for (std::size_t i = b0; i < b0 + B; ++i) {
-                const float wi = e4m3_to_f32(w[i]);
-                for (std::size_t j = 0; j < MT; ++j) p[j] = std::fma(wi, bf16_to_f32(x[j][i]), p[j]);
-            }
-            for (std::size_t j = 0; j < MT; ++j) y[j] += fp8_bf16_block_scaled(p[j], scale_row[b0 / B], -shift[j][b0 / B]);
-        }
+    // every other tier: f32 block partials of the decoded weights and the bf16 activations
+    using R = simd::freg<Arch>;
+    R acc[MT];
+    for (auto& a : acc) a = R(0.0f);
+    for (std::size_t b0 = 0; b0 < k; b0 += B) {
+        if constexpr (!simd::is_scalar<Arch>) simd::prefetch_weights<2>(w + b0);
+        R p[MT];
+        fp8_block_partials<Arch, MT>(w + b0, [&](std::size_t j, std::size_t i) { return simd::load_bf16<Arch>(x[j] + b0 + i); }, p);
+        for (std::size_t j = 0; j < MT; ++j)
+            acc[j] = acc[j] + fp8_bf16_block_scaled(p[j], scale_row[b0 / B], fp8_decode_shift<Arch> - shift[j][b0 / B]);
+    }
+    for (std::size_t j = 0; j < MT; ++j) {
+        if constexpr (simd::is_scalar<Arch>) y[j] = acc[j];
+        else y[j] = hsum<Arch>(acc[j]);
     }
 }
 

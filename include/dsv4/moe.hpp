@@ -153,7 +153,8 @@ struct moe_run {
     uint8_t *shcodes = nullptr, *shscales = nullptr;
     float* shf = nullptr;
     uint16_t *ro = nullptr, *so = nullptr;
-    uint16_t *xsb = nullptr, *shb = nullptr;  ///< fast mode: shared-expert inputs as bf16 blocks
+    bool shared_bf16 = false;                 ///< shared expert through fp8_gemv_bf16 (fast mode, where preferred)
+    uint16_t *xsb = nullptr, *shb = nullptr;  ///< its inputs as bf16 blocks then
     int32_t *xss = nullptr, *shs = nullptr;   ///< (to_bf16_blocks of xs and shf)
 };
 
@@ -376,6 +377,7 @@ inline moe_run moe_carve(const moe_config& c, const moe_scratch& s, std::size_t 
     r.xss = static_cast<int32_t*>(at(mb_xss));
     r.shb = static_cast<uint16_t*>(at(mb_shb));
     r.shs = static_cast<int32_t*>(at(mb_shs));
+    r.shared_bf16 = c.numerics == moe_numerics::fast && fp8_bf16_preferred();
     return r;
 }
 
@@ -512,8 +514,7 @@ inline void moe_prepare(const moe_run& r, std::size_t t0 = 0, std::size_t t1 = a
         act_quant_fp8(x, 1, D, D, 128, r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128);
         fp8_acts_to_f32(r.xcodes + t * D, D, r.xscales + t * (D / 128), D / 128, 1, D, r.xs + t * D, D);
         if (fast) quantize_q8(x, D, 1, D, r.xq + t * D, D, r.xd + t * (D / 32), D / 32, r.xc + t * (D / 32), D / 32);
-        if (fast && fp8_bf16_preferred())
-            to_bf16_blocks(r.xs + t * D, D, 1, D, r.xsb + t * D, D, r.xss + t * (D / 128), D / 128);
+        if (r.shared_bf16) to_bf16_blocks(r.xs + t * D, D, 1, D, r.xsb + t * D, D, r.xss + t * (D / 128), D / 128);
         if (r.tokens == 1) continue;
         for (std::size_t j = 0; j < K; ++j) {
             const std::size_t slot = r.slot_of[t * K + j];
@@ -565,7 +566,7 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
             }
         } else if (T > 0) {
             const moe_shared_weights& S = r.w->shared;
-            if (fast && fp8_bf16_preferred()) {
+            if (r.shared_bf16) {
                 const bf16_block_rows xb{r.xsb, D, r.xss, D / 128, T};
                 fp8_gemv_bf16(S.w1, xb, gemv_out{nullptr, r.sa, I}, rr0, rr1);
                 fp8_gemv_bf16(S.w3, xb, gemv_out{nullptr, r.sb, I}, rr0, rr1);
@@ -580,7 +581,7 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
                 swiglu(r.sa + t * I + rr0, r.sb + t * I + rr0, rr1 - rr0, lim, r.sh + t * I + rr0);
             act_quant_fp8(r.sh + rr0, T, rr1 - rr0, I, 128, r.shcodes + rr0, I, r.shscales + rr0 / 128, I / 128);
             fp8_acts_to_f32(r.shcodes + rr0, I, r.shscales + rr0 / 128, I / 128, T, rr1 - rr0, r.shf + rr0, I);
-            if (fast && fp8_bf16_preferred()) to_bf16_blocks(r.shf + rr0, I, T, rr1 - rr0, r.shb + rr0, I, r.shs + rr0 / 128, I / 128);
+            if (r.shared_bf16) to_bf16_blocks(r.shf + rr0, I, T, rr1 - rr0, r.shb + rr0, I, r.shs + rr0 / 128, I / 128);
         }
     }
 }
@@ -606,8 +607,10 @@ inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_
         else
             fp4_gemv(r.w->experts[e].w2, f32_rows{r.hf + off * I, I, n}, out, r0, r1);
     }
-    if (fast && fp8_bf16_preferred()) fp8_gemv_bf16(r.w->shared.w2, bf16_block_rows{r.shb, I, r.shs, I / 128, T}, gemv_out{nullptr, r.so, D}, r0, r1);
-    else fp8_gemv(r.w->shared.w2, f32_rows{r.shf, I, T}, gemv_out{nullptr, r.so, D}, r0, r1);
+    if (r.shared_bf16)
+        fp8_gemv_bf16(r.w->shared.w2, bf16_block_rows{r.shb, I, r.shs, I / 128, T}, gemv_out{nullptr, r.so, D}, r0, r1);
+    else
+        fp8_gemv(r.w->shared.w2, f32_rows{r.shf, I, T}, gemv_out{nullptr, r.so, D}, r0, r1);
     const auto combine = DSV4_KERNEL(moe_combine_rows);
     const uint16_t* parts[detail::moe_max_topk + 1];
     for (std::size_t t = 0; t < T; ++t) {
