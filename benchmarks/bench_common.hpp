@@ -40,6 +40,17 @@ inline std::vector<dsv4::tier> tiers() {
         if (dsv4::kernels_for(t)) out.push_back(t);
     return out;
 }
+/// n bf16 values uniform in [-2, 2) from a fixed LCG (activations and small weights).
+inline std::vector<uint16_t> random_bf16(std::size_t n, uint32_t seed = 777) {
+    std::vector<uint16_t> x(n);
+    uint32_t s = seed;
+    for (auto& v : x) {
+        s = s * 1664525u + 1013904223u;
+        v = dsv4::f32_to_bf16((float(s >> 8) * 0x1p-24f - 0.5f) * 4.0f);
+    }
+    return x;
+}
+
 inline std::string tier_str(dsv4::tier t) { return std::string(dsv4::tier_name(t)); }
 
 /// 1 and all hardware threads (DSV4_BENCH_THREADS overrides the latter).

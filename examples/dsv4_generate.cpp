@@ -19,9 +19,9 @@
 // bad tensor on stderr (the first 20), a summary on stdout; exit status 1 if anything is
 // wrong. Without a prompt it verifies and exits; with one it generates only from a clean
 // checkpoint.
-#include <dsv4/forward.hpp>
+#include <dsv4/model/forward.hpp>
 #include <dsv4/kernel_table.hpp>
-#include <dsv4/sampling.hpp>
+#include <dsv4/model/sampling.hpp>
 
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/info.h>

@@ -2,7 +2,7 @@
 // against its config and prints a summary, the memory report and optionally touches tensors.
 //
 //   dsv4-inspect DIR [--touch PREFIX]   # --touch reads every byte of tensors named PREFIX*
-#include <dsv4/model_config.hpp>
+#include <dsv4/io/model_config.hpp>
 
 #include <chrono>
 #include <cstdio>

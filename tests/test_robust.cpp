@@ -19,7 +19,7 @@
 #include <dsv4/moe.hpp>
 #include <dsv4/norm.hpp>
 #include <dsv4/rope.hpp>
-#include <dsv4/sampling.hpp>
+#include <dsv4/model/sampling.hpp>
 #include <dsv4/topk.hpp>
 
 #include <sys/mman.h>

@@ -7,11 +7,11 @@
 #pragma once
 
 #include "kernel_table.hpp"
-#include "gemv_kernels.hpp"
-#include "memory.hpp"
-#include "mhc_kernels.hpp"
-#include "moe_kernels.hpp"
-#include "quant.hpp"
+#include "kernels/gemv.hpp"
+#include "kernels/memory.hpp"
+#include "kernels/mhc.hpp"
+#include "kernels/moe.hpp"
+#include "kernels/codec.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/compressor.hpp"
 #include "kernels/hadamard.hpp"

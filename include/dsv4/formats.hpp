@@ -1,7 +1,7 @@
 // dsv4/formats.hpp - the checkpoint's number formats, one element at a time.
 //
 // These scalar codecs define the exact semantics (spec §1.4, §2.1); the bulk and SIMD
-// forms in quant.hpp must agree with them bit for bit. Nothing here depends on FTZ/DAZ
+// forms in kernels/codec.hpp must agree with them bit for bit. Nothing here depends on FTZ/DAZ
 // being off except that E8M0 code 0 (2^-127) is an fp32 subnormal: keep them off.
 #pragma once
 
@@ -120,7 +120,7 @@ inline constexpr float fp4_amax_floor = 6.0f * 0x1p-126f;
 /// the official kernel does (multiply by the rounded reciprocal, never divide).
 /// The E8M0 byte is e + 127.
 DSV4_INLINE int pow2_scale_exponent(float amax, float qmax, float amax_floor) noexcept {
-    const float a = amax > amax_floor ? amax : amax_floor;  // NaN amax -> floor (see quant.hpp)
+    const float a = amax > amax_floor ? amax : amax_floor;  // NaN amax -> floor (see kernels/codec.hpp)
     const float t = a * (1.0f / qmax);
     const uint32_t b = f32_bits(t);
     int e = int((b >> 23) & 0xFFu) - 127;

@@ -1,5 +1,5 @@
 // dsv4/gemv.hpp - checked public entry points of the GEMV family (kernels and layouts:
-// gemv_kernels.hpp and gemv_types.hpp).
+// kernels/gemv.hpp and gemv_types.hpp).
 //
 // Every GEMV takes a row range [r0, r1) of the weight matrix (default: all rows) so any
 // thread pool can split the work; results do not depend on the split. dsv4::par::...
@@ -147,7 +147,7 @@ inline bool fp8_bf16_preferred() {
 
 /// y = x * w^T for FP8 weights, fast mode (x: to_bf16_blocks output). The fastest FP8 path
 /// on avx512_bf16 (vdpbf16ps); other tiers compute the same through f32 FMAs, no faster
-/// than fp8_gemv (see fp8_bf16_preferred). Error bound: gemv_kernels.hpp, dot_fp8_bf16_row.
+/// than fp8_gemv (see fp8_bf16_preferred). Error bound: kernels/gemv.hpp, dot_fp8_bf16_row.
 inline void fp8_gemv_bf16(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& y, std::size_t r0 = 0,
                           std::size_t r1 = all_rows) {
     detail::check_fp8(w, "fp8_gemv_bf16");

@@ -20,7 +20,7 @@ struct kernel_table {
     /// its own translation unit (tests use it to prove a forced tier really ran).
     tier compiled_for;
 
-    // codec (quant.hpp)
+    // codec (kernels/codec.hpp)
     void (*decode_e4m3)(const uint8_t*, float*, std::size_t) noexcept;
     void (*decode_bf16)(const uint16_t*, float*, std::size_t) noexcept;
     void (*encode_bf16)(const float*, uint16_t*, std::size_t) noexcept;
@@ -32,10 +32,10 @@ struct kernel_table {
     void (*fp4_act_quant_row)(const uint16_t*, std::size_t, uint8_t*, uint8_t*) noexcept;
     void (*fp4_act_quant_sim_row)(uint16_t*, std::size_t) noexcept;
 
-    // memory (memory.hpp)
+    // memory (kernels/memory.hpp)
     uint64_t (*stream_read)(const void*, std::size_t) noexcept;
 
-    // gemv (gemv_kernels.hpp): row-range kernels, rows [r0, r1)
+    // gemv (kernels/gemv.hpp): row-range kernels, rows [r0, r1)
     void (*fp8_acts_to_f32)(const uint8_t*, const uint8_t*, std::size_t, float*) noexcept;
     void (*quantize_q8_row)(const uint16_t*, std::size_t, int8_t*, float*, int32_t*) noexcept;
     void (*f32_gemv_rows)(const f32_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
@@ -69,7 +69,7 @@ struct kernel_table {
     void (*indexer_scores_rows)(const indexer_score_args&, std::size_t, std::size_t, float*) noexcept;
     void (*topk_row)(const float*, std::size_t, std::size_t, topk_order, int32_t*, uint32_t*) noexcept;
 
-    // mhc (mhc_kernels.hpp): token-batched
+    // mhc (kernels/mhc.hpp): token-batched
     void (*hc_norm_rows)(const uint16_t*, std::size_t, std::size_t, std::size_t, float, float*, std::size_t,
                          float*) noexcept;
     void (*hc_split_rows)(const float*, const float*, std::size_t, const float*, const float*, int, float, float*,
@@ -81,7 +81,7 @@ struct kernel_table {
     void (*hc_post_rows)(const uint16_t*, std::size_t, const uint16_t*, std::size_t, const float*, const float*,
                          std::size_t, std::size_t, uint16_t*, std::size_t) noexcept;
 
-    // moe (moe_kernels.hpp)
+    // moe (kernels/moe.hpp)
     void (*moe_combine_rows)(const uint16_t* const*, std::size_t, std::size_t, uint16_t*) noexcept;
     void (*swiglu_bf16_row)(const uint16_t*, const uint16_t*, std::size_t, float, uint16_t*) noexcept;
 };

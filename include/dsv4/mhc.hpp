@@ -1,5 +1,5 @@
 // dsv4/mhc.hpp - mHC hyper-connections (spec §7): hc_pre with the Sinkhorn split, hc_post,
-// hc_head. Kernels: mhc_kernels.hpp; the 24 mixes use dsv4::f32_gemv.
+// hc_head. Kernels: kernels/mhc.hpp; the 24 mixes use dsv4::f32_gemv.
 //
 // Layouts (contiguous, row-major; bf16 as uint16 bit patterns, tokens t = 0..T-1):
 //   H     [T, 4, dim]  bf16   residual streams of one token, stream-major (4 x dim)
@@ -25,7 +25,7 @@
 #pragma once
 
 #include "executor.hpp"
-#include "mhc_kernels.hpp"
+#include "kernels/mhc.hpp"
 #include "parallel.hpp"
 
 namespace dsv4 {

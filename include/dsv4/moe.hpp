@@ -1,7 +1,7 @@
 // dsv4/moe.hpp - the MoE layer of DeepSeek-V4-Flash (spec §8): gate (sqrt-softplus scores,
 // top-k with a selection-only bias, or hash routing by token id), routed FP4 experts, the FP8
 // shared expert and the combine. Kernels: the GEMV family for every projection,
-// moe_kernels.hpp for the combine and the shared SwiGLU.
+// kernels/moe.hpp for the combine and the shared SwiGLU.
 //
 // Weights are views straight into the checkpoint bytes (spec §1.3, nothing is converted or
 // copied):
@@ -46,7 +46,7 @@
 #pragma once
 
 #include "executor.hpp"
-#include "moe_kernels.hpp"
+#include "kernels/moe.hpp"
 #include "parallel.hpp"
 
 #include <algorithm>

@@ -7,8 +7,8 @@
 
 #include "../npy.hpp"
 
-#include <dsv4/model_config.hpp>
-#include <dsv4/safetensors.hpp>
+#include <dsv4/io/model_config.hpp>
+#include <dsv4/io/safetensors.hpp>
 
 #include <cstdint>
 #include <stdexcept>

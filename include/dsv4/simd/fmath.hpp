@@ -13,7 +13,7 @@
 // Everything else (loads, stores, broadcasts, bit casts) is exact by nature.
 #pragma once
 
-#include "../quant.hpp"
+#include "../kernels/codec.hpp"
 #include "vec.hpp"
 
 #include <cmath>

@@ -123,7 +123,7 @@ DSV4_INLINE __m256i dot_u8s8(arch::avx2_vnni, __m256i acc, __m256i u, __m256i s)
 }
 
 /// One group of 4 FP4 blocks (64 weight bytes, 128 elements, scales sw[0..4)) against MT
-/// int8 activation rows in group layout (see gemv_kernels.hpp) starting at element g0:
+/// int8 activation rows in group layout (see kernels/gemv.hpp) starting at element g0:
 /// acc[j] += sum_b dot_b(w, a_j) * d_j[g0/32 + b] * 2^(e_b - 127) / 2.
 template <std::size_t MT, class A>
 DSV4_INLINE void fp4q8_group_fma(A, const uint8_t* w, const uint8_t* sw, const int8_t* const* a,
@@ -235,7 +235,7 @@ DSV4_INLINE __m512 fp8_to_f32_bits(arch::avx512, const uint8_t* p) noexcept {
 /// 32 e4m3 bytes -> e4m3 * 2^-120 as bf16 bit patterns (same integer trick as
 /// fp8_to_f32_bits, on 16-bit lanes: bf16 has f32's exponent field). Subnormal codes
 /// become bf16 subnormals, which vdpbf16ps reads as zero (its inputs are DAZ): the one
-/// approximation of the fast FP8 path (gemv_kernels.hpp states the bound).
+/// approximation of the fast FP8 path (kernels/gemv.hpp states the bound).
 DSV4_INLINE __m512bh fp8_to_bf16_bits(arch::avx512_bf16, const uint8_t* p) noexcept {
     const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return (__m512bh)_mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16(int16_t(0x87F0)));  // vector bit cast

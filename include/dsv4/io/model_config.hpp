@@ -1,4 +1,4 @@
-// dsv4/model_config.hpp - the HF config.json of a DeepSeek-V4 checkpoint, the tensor
+// dsv4/io/model_config.hpp - the HF config.json of a DeepSeek-V4 checkpoint, the tensor
 // schema it implies (spec §0, §1.3) and the check that a checkpoint matches it.
 //
 //   model_config cfg = dsv4::load_model_config("/models/DeepSeek-V4-Flash");

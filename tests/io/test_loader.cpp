@@ -5,8 +5,8 @@
 #include "fuzz/fuzz_targets.hpp"
 #include "npy.hpp"
 
-#include <dsv4/model_config.hpp>
-#include <dsv4/safetensors.hpp>
+#include <dsv4/io/model_config.hpp>
+#include <dsv4/io/safetensors.hpp>
 
 #include <doctest/doctest.h>
 

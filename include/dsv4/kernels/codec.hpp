@@ -1,4 +1,4 @@
-// dsv4/quant.hpp - bulk codecs and activation quantisation (spec §1.4, §2.1-2.3).
+// dsv4/kernels/codec.hpp - bulk codecs and activation quantisation (spec §1.4, §2.1-2.3).
 //
 // Each kernel body is written once for every arch: a vector loop over whole chunks
 // of simd::lanes<Arch>() elements (xsimd batches), then the scalar codec from
@@ -6,8 +6,8 @@
 // exact operations, so every tier must give the scalar tier's bytes.
 #pragma once
 
-#include "formats.hpp"
-#include "simd/vec.hpp"
+#include "../formats.hpp"
+#include "../simd/vec.hpp"
 
 namespace dsv4 {
 

@@ -1,4 +1,4 @@
-// dsv4/safetensors.hpp - memory-mapped, zero-copy reader of safetensors checkpoints
+// dsv4/io/safetensors.hpp - memory-mapped, zero-copy reader of safetensors checkpoints
 // (one file, or shards resolved through model.safetensors.index.json), spec §1.
 //
 // File format (https://huggingface.co/docs/safetensors): 8-byte little-endian header
@@ -35,7 +35,7 @@
 // invalid bit patterns and are only read.
 #pragma once
 
-#include "config.hpp"
+#include "../config.hpp"
 #include "json_strict.hpp"
 
 #include <algorithm>

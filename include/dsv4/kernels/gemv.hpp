@@ -1,4 +1,4 @@
-// dsv4/gemv_kernels.hpp - dequant-fused GEMV and small-batch GEMM on the checkpoint's native
+// dsv4/kernels/gemv.hpp - dequant-fused GEMV and small-batch GEMM on the checkpoint's native
 // weight formats (spec §1.4, §2.5), read in place (mmap-friendly, no conversion, no copy).
 //
 //   y[m, n] = sum_k x[m, k] * w[n, k]      m < M (1..64 tokens), n in a row range
@@ -33,10 +33,10 @@
 // products (dot_fp8_bf16_row states the bound).
 #pragma once
 
-#include "gemv_types.hpp"
-#include "quant.hpp"
-#include "simd/fmath.hpp"
-#include "simd/weights.hpp"
+#include "../gemv_types.hpp"
+#include "codec.hpp"
+#include "../simd/fmath.hpp"
+#include "../simd/weights.hpp"
 
 #include <cmath>
 #include <limits>

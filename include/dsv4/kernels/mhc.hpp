@@ -1,8 +1,8 @@
-// dsv4/mhc_kernels.hpp - mHC hyper-connection kernels (spec §7, §10.3 1-2); the public
+// dsv4/kernels/mhc.hpp - mHC hyper-connection kernels (spec §7, §10.3 1-2); the public
 // entry points and layouts are in mhc.hpp.
 //
 // hc_pre of one token is: v = f32(flatten(H)) [4d], r = rsqrt(mean(v^2) + norm_eps) (the
-// norm kernel below), dot = fn . v (f32_gemv, gemv_kernels.hpp), mix = dot * r, the split
+// norm kernel below), dot = fn . v (f32_gemv, kernels/gemv.hpp), mix = dot * r, the split
 // into pre / post / comb with the Sinkhorn normalisation (split kernel, 4x4 in registers,
 // simd/mat4.hpp), and y = bf16(sum_j pre_j H_j) (combine kernel). hc_post and hc_head reuse
 // the same pieces. Everything here is batched over tokens: token t of every array sits at
@@ -17,9 +17,9 @@
 // depends on the vector width.
 #pragma once
 
-#include "gemv_kernels.hpp"
-#include "simd/fmath.hpp"
-#include "simd/mat4.hpp"
+#include "gemv.hpp"
+#include "../simd/fmath.hpp"
+#include "../simd/mat4.hpp"
 
 #include <cmath>
 #include <limits>

@@ -1,4 +1,4 @@
-// dsv4/json_strict.hpp - strict JSON parsing and error-message helpers for the loader
+// dsv4/io/json_strict.hpp - strict JSON parsing and error-message helpers for the loader
 // (safetensors headers, model.safetensors.index.json, config.json).
 //
 // JSON comes from untrusted files. parse_json_strict() builds an nlohmann::json value
@@ -9,7 +9,7 @@
 // overflow a double and comments are rejected by nlohmann itself.
 #pragma once
 
-#include "config.hpp"
+#include "../config.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,7 +1,7 @@
 // tests/test_sampling.cpp - the generator's next-token choice (label: sampling).
 #include "test_support.hpp"
 
-#include <dsv4/sampling.hpp>
+#include <dsv4/model/sampling.hpp>
 
 #include <limits>
 

@@ -8,7 +8,7 @@
 //   <= 0.07, >= 90 % of rows <= 0.10, every row <= 0.4.
 #include "test_support.hpp"
 
-#include <dsv4/forward.hpp>
+#include <dsv4/model/forward.hpp>
 
 #include <oneapi/tbb/task_arena.h>
 

@@ -1,10 +1,10 @@
-// dsv4/moe_kernels.hpp - the MoE layer's own kernels (spec §8); the public layer, its
+// dsv4/kernels/moe.hpp - the MoE layer's own kernels (spec §8); the public layer, its
 // layouts and the phases are in moe.hpp. The projections themselves are the GEMV family's
 // (fp4_gate_up / fp4_gemv for routed experts, fp8_gemv for the shared one, bf16_gemv for
 // the gate): this file holds only what sits between them.
 #pragma once
 
-#include "gemv_kernels.hpp"
+#include "gemv.hpp"
 
 #include <cmath>
 

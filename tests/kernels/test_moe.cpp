@@ -3,7 +3,7 @@
 // Reference mode against the NumPy goldens with a derived per-element interval: the test
 // re-runs the spec pipeline in double from the golden's own bytes and, at every bf16 or e4m3
 // rounding, keeps every value the kernel may legitimately produce given its f32 accumulation
-// bound. The bound follows the GEMV's documented block structure (gemv_kernels.hpp): FP4
+// bound. The bound follows the GEMV's documented block structure (kernels/gemv.hpp): FP4
 // rows sum exact per-32-block partials, FP8 rows per-128-block partials, so
 //   |f32 dot - exact| <= (32 + K/32 + 8) 2^-24 sum|terms|   (FP4)
 //   |f32 dot - exact| <= (128 + K/128 + 8) 2^-24 sum|terms| (FP8)

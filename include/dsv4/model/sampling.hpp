@@ -1,4 +1,4 @@
-// dsv4/sampling.hpp - next-token choice from the head's f32 logits.
+// dsv4/model/sampling.hpp - next-token choice from the head's f32 logits.
 //
 // Greedy (temperature 0: argmax, lowest id on ties) or sampled: softmax(logits / T),
 // optionally restricted to the smallest set of most likely tokens whose probability
@@ -7,7 +7,7 @@
 // softmax(logits/T): the same distribution, a different random stream.
 #pragma once
 
-#include "config.hpp"
+#include "../config.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -1,9 +1,9 @@
-// dsv4/memory.hpp - the streaming-read kernel that measures the bandwidth ceiling.
+// dsv4/kernels/memory.hpp - the streaming-read kernel that measures the bandwidth ceiling.
 // Decode is weight streaming, so every GEMV is judged against how fast this same
 // binary can merely read the same bytes (benchmarks print the ratio as bw_frac).
 #pragma once
 
-#include "simd/vec.hpp"
+#include "../simd/vec.hpp"
 
 #include <cstring>
 

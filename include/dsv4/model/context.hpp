@@ -1,0 +1,140 @@
+// dsv4/model/context.hpp - what every block of the forward reads besides its own weights:
+// the config, the caller's options, the RoPE tables and the derived kernel configs; plus
+// the FP8 projection helpers the attention and the compressors share. Read-only after
+// model::open, so any number of sequences may use it at once.
+#pragma once
+
+#include "../attention.hpp"
+#include "../codec.hpp"
+#include "../parallel.hpp"
+#include "../rope.hpp"
+#include "options.hpp"
+#include "weights.hpp"
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+namespace dsv4 {
+inline namespace DSV4_ISA_NS {
+
+struct model_context {
+    model_config cfg;
+    forward_options opt;
+    std::unique_ptr<checkpoint> ck;  ///< the mapped shards every weight view points into
+    model_weights w;
+    std::size_t D = 0, H = 0, hd = 0, ql = 0;  ///< hidden, heads, head_dim, q_lora_rank
+    std::size_t max_ctx = 0;                   ///< positions a sequence may reach
+    hc_config hc;
+    moe_config moe;
+    // RoPE: index 0 = ratio-0 layers (rope_theta), 1 = compressed layers (compress theta + YaRN)
+    std::vector<float> freqs[2], rows[2];
+    rope_table rope[2];
+
+    const rope_table& rope_for(uint32_t ratio) const { return rope[ratio ? 1 : 0]; }
+    float eps() const { return float(cfg.rms_norm_eps); }
+    compressor_config comp_cfg(uint32_t r) const { return compressor_config{r, hd, false, rope_for(r), eps(), opt.kv_fp8}; }
+    indexer_config index_cfg() const {
+        indexer_config c;
+        c.heads = cfg.index_n_heads;
+        c.topk = cfg.index_topk;
+        c.comp = compressor_config{4, cfg.index_head_dim, true, rope_for(4), eps(), fp8_sim_revision::current};
+        return c;
+    }
+    /// Fast numerics where the bf16-block FP8 path is the faster one (fp8_bf16_preferred):
+    /// FP8 projections take their (exact) activations as bf16 blocks through fp8_gemv_bf16.
+    bool fp8_bf16() const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(); }
+};
+
+/// Checks that the forward can compute `c` (beyond what the loader already validated) and
+/// sets up the context: dims, RoPE tables, hc and MoE configs.
+inline void init_model_context(model_context& m) {
+    const model_config& c = m.cfg;
+    auto unsupported = [&](const std::string& what) {
+        throw error("dsv4::model::open: " + c.source + ": " + what + " is not supported by the forward");
+    };
+    if (c.hc_mult != hc_mult) unsupported("hc_mult " + std::to_string(c.hc_mult));
+    if (c.qk_rope_head_dim != rope_dim) unsupported("qk_rope_head_dim " + std::to_string(c.qk_rope_head_dim));
+    if (c.sliding_window != attention_window) unsupported("sliding_window " + std::to_string(c.sliding_window));
+    if (c.scoring_func != "sqrtsoftplus") unsupported("scoring_func " + c.scoring_func);
+    if (c.expert_dtype != expert_format::fp4) unsupported("expert_dtype fp8");
+    if (c.n_shared_experts != 1) unsupported("n_shared_experts " + std::to_string(c.n_shared_experts));
+    if (c.head_dim % 64) unsupported("head_dim " + std::to_string(c.head_dim));
+    if (c.index_head_dim != index_head_dim) unsupported("index_head_dim " + std::to_string(c.index_head_dim));
+    if (c.hidden_size % 128 || c.moe_intermediate_size % 128) unsupported("hidden/moe sizes not multiples of 128");
+    m.D = c.hidden_size;
+    m.H = c.num_attention_heads;
+    m.hd = c.head_dim;
+    m.ql = c.q_lora_rank;
+    m.max_ctx = m.opt.max_context ? m.opt.max_context
+                                  : std::size_t(std::min<uint64_t>(c.max_position_embeddings, 65536));
+    if (m.max_ctx == 0) throw error("dsv4::model::open: max_context is 0");
+
+    // ratio-0 layers: rope_theta without YaRN; compressed layers: compress_rope_theta with
+    // YaRN when the config has rope_scaling (forward.py choice 3).
+    rope_config rc[2];
+    rc[0] = rope_config{c.rope_theta, 1.0, 0, 32.0, 1.0};
+    rc[1] = rope_config{c.compress_rope_theta, 1.0, 0, 32.0, 1.0};
+    if (c.rope_scaling.yarn) {
+        rc[1].factor = c.rope_scaling.factor;
+        rc[1].original_seq_len = int64_t(c.rope_scaling.original_max_position_embeddings);
+        rc[1].beta_fast = c.rope_scaling.beta_fast;
+        rc[1].beta_slow = c.rope_scaling.beta_slow;
+    }
+    const std::size_t nrows = std::min(m.opt.rope_table_rows, m.max_ctx);
+    for (int i = 0; i < 2; ++i) {
+        m.freqs[i].assign(rope_pairs, 0.0f);
+        rope_freqs(rc[i], m.freqs[i].data());
+        m.rows[i].assign(nrows * rope_row_floats, 0.0f);
+        rope_table_fill(m.freqs[i].data(), nrows, m.rows[i].data());
+        m.rope[i] = rope_table{m.freqs[i].data(), m.rows[i].data(), nrows};
+    }
+
+    m.hc = hc_config{m.D, int(c.hc_sinkhorn_iters), float(c.hc_eps), float(c.rms_norm_eps)};
+    m.moe.dim = m.D;
+    m.moe.inter = c.moe_intermediate_size;
+    m.moe.n_experts = c.n_routed_experts;
+    m.moe.topk = c.num_experts_per_tok;
+    m.moe.route_scale = float(c.routed_scaling_factor);
+    m.moe.swiglu_limit = float(c.swiglu_limit);
+    m.moe.shared_clamp = m.opt.shared_clamp;
+    m.moe.numerics = m.opt.numerics;
+}
+
+/// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16()
+/// picks; xb / sh: room for the bf16 blocks of xf when it picks fp8_gemv_bf16.
+inline void fp8_project(const model_context& c, const fp8_matrix& w, std::size_t groups, const float* xf,
+                        std::size_t m, uint16_t* xb, int32_t* sh, const gemv_out& out) {
+    const std::size_t kx = groups * w.k;
+    if (c.fp8_bf16()) {
+        to_bf16_blocks(xf, kx, m, kx, xb, kx, sh, kx / 128);
+        const bf16_block_rows x{xb, kx, sh, kx / 128, m};
+        if (groups == 1) par::fp8_gemv_bf16(w, x, out);
+        else par::fp8_grouped_gemv_bf16(w, groups, x, out);
+    } else {
+        const f32_rows x{xf, kx, m};
+        if (groups == 1) par::fp8_gemv(w, x, out);
+        else par::fp8_grouped_gemv(w, groups, x, out);
+    }
+}
+
+/// y = bf16(act_quant(x, 128) . w^T) for m rows (chunks of 32 tokens).
+inline void fp8_linear(const model_context& c, const fp8_matrix& w, const uint16_t* x, std::size_t x_stride,
+                       std::size_t m, uint16_t* y, std::size_t y_stride) {
+    constexpr std::size_t C = 32;
+    const std::size_t K = w.k, mc = std::min(m, C);
+    const bool bf = c.fp8_bf16();
+    std::vector<uint8_t> codes(mc * K), scales(mc * (K / 128));
+    std::vector<float> xf(mc * K);
+    std::vector<uint16_t> xb(bf ? mc * K : 0);
+    std::vector<int32_t> sh(bf ? mc * (K / 128) : 0);
+    for (std::size_t a = 0; a < m; a += C) {
+        const std::size_t n = std::min(C, m - a);
+        act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes.data(), K, scales.data(), K / 128);
+        fp8_acts_to_f32(codes.data(), K, scales.data(), K / 128, n, K, xf.data(), K);
+        fp8_project(c, w, 1, xf.data(), n, xb.data(), sh.data(), gemv_out{nullptr, y + a * y_stride, y_stride});
+    }
+}
+
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4

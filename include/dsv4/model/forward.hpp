@@ -1,0 +1,205 @@
+// dsv4/model/forward.hpp - the whole DeepSeek-V4-Flash main model (spec §4-§9, no MTP), batch 1,
+// composed from the tested kernels of this library; weights read in place from the
+// memory-mapped official checkpoint (sharded safetensors + index + config.json).
+//
+//   dsv4::model m = dsv4::model::open("DIR");           // maps, validates against config.json
+//   dsv4::sequence_state s = m.new_sequence();          // per-sequence state (caches, compressors)
+//   std::vector<float> logits(m.vocab());
+//   m.prefill(s, ids.data(), ids.size(), logits.data());  // start_pos 0, any length >= 1
+//   m.decode(s, next_id, logits.data());                 // position s.pos, one token
+//
+// Composition (reference/dsv4_ref/forward.py, which this follows operation by operation):
+// H = repeat4(embed(ids)); per layer: hc_pre -> attn_norm -> attention -> hc_post, hc_pre ->
+// ffn_norm -> MoE -> hc_post; then hc_head, the final norm and the f32 head for the last
+// position only. Activations are bf16 between kernels at exactly the reference's rounding
+// points (forward.py "Precision" and choice 4). FP8 linears: act_quant (block 128) ->
+// exact f32 -> fp8_gemv (reference mode); wo_a: bf16 activations as f32 rows through
+// fp8_grouped_gemv; head: bf16_gemv with f32 logits. With forward_options::numerics fast on
+// avx512_bf16, the FP8 linears and wo_a take the same activations as bf16 blocks
+// (to_bf16_blocks, exact) through fp8_gemv_bf16: the same products (on avx512_bf16 less the
+// subnormal weight codes), summed in another order; the routed experts go int8 (moe.hpp).
+//
+// Files: weights.hpp binds the tensors, sequence.hpp holds a sequence's state (spec §5.5),
+// context.hpp what every block reads, attention_block.hpp and moe_block.hpp the two
+// sub-blocks of a layer; this file the model object and the layer loop.
+//
+// Nothing per sequence lives in the model, which is read-only after open: any number of
+// sequences may be kept, and calls on different sequence_states may run concurrently on
+// different threads (same bits as alone: test_forward.cpp's two-threads case, also run
+// under ThreadSanitizer); one sequence_state takes one call at a time. prefill always
+// starts the sequence over (REF semantics, start_pos 0; no chunked prefill); decode
+// continues it.
+//
+// Threads: every stage runs on oneTBB (par:: entry points) in the current task arena; the
+// results do not depend on the thread count. Errors: dsv4::error naming the file, tensor or
+// argument. The forward allocates its working buffers per call (never inside a kernel).
+//
+// Non-finite values (forward_options::check_finite, on by default): the residual streams
+// are checked after every layer and the logits at the end; a NaN or Inf (a corrupt weight,
+// an overflow) is a dsv4::error naming the call, the layer, the position and the token
+// instead of a garbage token. The check reads S x 4 x dim bf16 values per layer (0.1 % of a
+// decode step's bytes). After any error from prefill or decode the sequence must be started
+// over with prefill (decode refuses it: its position is reset to 0).
+#pragma once
+
+#include "moe_block.hpp"
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace dsv4 {
+inline namespace DSV4_ISA_NS {
+
+class model {
+public:
+    model() = default;
+    model(model&&) noexcept = default;
+    model& operator=(model&&) noexcept = default;
+    model(const model&) = delete;
+    model& operator=(const model&) = delete;
+
+    /// Opens a checkpoint directory (config.json + model.safetensors.index.json and shards,
+    /// or one model.safetensors) by mmap; nothing is converted or read in full.
+    static model open(const std::string& dir, const forward_options& opt = {}) {
+        static std::atomic<uint64_t> next_id{1};
+        model m;
+        m.id_ = next_id.fetch_add(1);
+        m.ctx_ = std::make_unique<model_context>();
+        model_context& c = *m.ctx_;
+        c.opt = opt;
+        c.cfg = load_model_config(dir);
+        c.ck = std::make_unique<checkpoint>(checkpoint::open(dir));
+        if (opt.validate) validate_checkpoint(c.cfg, *c.ck);
+        init_model_context(c);
+        c.w = bind_model_weights(c.cfg, *c.ck);
+        return m;
+    }
+
+    const model_config& config() const noexcept { return ctx_->cfg; }
+    const checkpoint& weights() const noexcept { return *ctx_->ck; }
+    const forward_options& options() const noexcept { return ctx_->opt; }
+    std::size_t vocab() const noexcept { return ctx_->cfg.vocab_size; }
+    std::size_t max_context() const noexcept { return ctx_->max_ctx; }
+
+    /// A fresh per-sequence state sized for max_context() positions.
+    sequence_state new_sequence() const { return make_sequence_state(*ctx_, id_); }
+
+    /// Starts the sequence over with ids[0..n) at positions 0..n-1 and writes the f32 logits
+    /// [vocab] of the last position.
+    void prefill(sequence_state& s, const int64_t* ids, std::size_t n, float* logits,
+                 forward_diagnostics* diag = nullptr) const {
+        check_seq(s, "model::prefill");
+        detail::require(n >= 1, "model::prefill", "empty prompt");
+        detail::require(ids && logits, "model::prefill", "null pointer");
+        check_token_ids(std::span<const int64_t>(ids, n), ctx_->cfg.vocab_size);
+        if (n > s.max_context)
+            throw error("dsv4::model::prefill: " + std::to_string(n) + " tokens exceed the sequence capacity " +
+                        std::to_string(s.max_context));
+        s.pos = 0;
+        forward(s, ids, n, 0, logits, diag, "model::prefill");
+        s.pos = int64_t(n);
+    }
+
+    /// Appends one token at position s.pos (after a prefill) and writes its f32 logits.
+    void decode(sequence_state& s, int64_t id, float* logits, forward_diagnostics* diag = nullptr) const {
+        check_seq(s, "model::decode");
+        detail::require(logits != nullptr, "model::decode", "null pointer");
+        detail::require(s.pos > 0, "model::decode", "decode needs a prefix: call prefill first");
+        check_token_ids(std::span<const int64_t>(&id, 1), ctx_->cfg.vocab_size);
+        if (std::size_t(s.pos) >= s.max_context)
+            throw error("dsv4::model::decode: position " + std::to_string(s.pos) + " reaches the sequence capacity " +
+                        std::to_string(s.max_context));
+        try {
+            forward(s, &id, 1, s.pos, logits, diag, "model::decode");
+        } catch (...) {
+            s.pos = 0;  // caches partly written: the sequence must start over
+            throw;
+        }
+        s.pos += 1;
+    }
+
+private:
+    std::unique_ptr<model_context> ctx_;  ///< behind a pointer: the rope tables and weight views stay put
+    uint64_t id_ = 0;                     ///< unique per opened model
+
+    void check_seq(const sequence_state& s, const char* fn) const {
+        detail::require(id_ != 0 && s.owner == id_ && s.layers.size() == ctx_->w.layers.size(), fn,
+                        "sequence state was not made by this model's new_sequence()");
+    }
+
+    /// Throws if the residual streams Hs [S, 4, D] hold a NaN/Inf after layer l.
+    void check_finite_streams(const uint16_t* Hs, std::size_t S, std::size_t l, int64_t start, const int64_t* ids,
+                              const char* fn) const {
+        const std::size_t D = ctx_->D, W = hc_mult * D;
+        for (std::size_t t = 0; t < S; ++t) {
+            const uint16_t* h = Hs + t * W;
+            unsigned bad = 0;
+            for (std::size_t i = 0; i < W; ++i) bad |= (h[i] & 0x7F80u) == 0x7F80u;  // vectorizes
+            if (!bad) continue;
+            std::size_t i = 0;
+            while ((h[i] & 0x7F80u) != 0x7F80u) ++i;
+            throw error(std::string("dsv4::") + fn + ": non-finite hidden state (" +
+                        ((h[i] & 0x7Fu) ? "NaN" : "Inf") + " in stream " + std::to_string(i / D) + ", element " +
+                        std::to_string(i % D) + ") after layer " + std::to_string(l) + " at position " +
+                        std::to_string(start + int64_t(t)) + " (token id " + std::to_string(ids[t]) +
+                        "): a corrupt weight or an overflow (dsv4-generate --verify checks the weights)");
+        }
+    }
+
+    /// The layer loop over tokens ids[0..S) at positions start.., then the head of the last one.
+    void forward(sequence_state& s, const int64_t* ids, std::size_t S, int64_t start, float* logits,
+                 forward_diagnostics* diag, const char* fn) const {
+        const model_context& m = *ctx_;
+        const std::size_t D = m.D, W = hc_mult * D, L = m.w.layers.size();
+        std::vector<uint16_t> Hs(S * W), y(S * D), a(S * D);
+        for (std::size_t t = 0; t < S; ++t)
+            for (std::size_t k = 0; k < hc_mult; ++k)
+                std::memcpy(Hs.data() + t * W + k * D, m.w.embed + std::size_t(ids[t]) * D, D * sizeof(uint16_t));
+        std::vector<float> post(S * 4), comb(S * 16);
+        std::vector<unsigned char> hcs(bytes_needed(m.hc, S));
+        const std::size_t mt = std::min<std::size_t>(S, 64);
+        std::vector<unsigned char> ms(bytes_needed(m.moe, mt));
+        const block_buffers b{y.data(), a.data(), post.data(), comb.data(), hc_scratch{hcs.data(), hcs.size()},
+                              moe_scratch{ms.data(), ms.size(), mt}};
+        if (diag) {
+            diag->layer_out.assign(L * W, 0);
+            diag->moe_idx.assign(L * m.moe.topk, -1);
+            diag->index_idx.assign(L * m.cfg.index_topk, -1);
+        }
+
+        for (std::size_t l = 0; l < L; ++l) {
+            const layer_weights& w = m.w.layers[l];
+            attention_sub_block(m, w, s.layers[l], Hs.data(), S, start, b,
+                                diag ? diag->index_idx.data() + l * m.cfg.index_topk : nullptr);
+            moe_sub_block(m, w, Hs.data(), ids, S, b, diag ? diag->moe_idx.data() + l * m.moe.topk : nullptr);
+            if (diag) std::memcpy(diag->layer_out.data() + l * W, Hs.data() + (S - 1) * W, W * sizeof(uint16_t));
+            if (m.opt.check_finite) check_finite_streams(Hs.data(), S, l, start, ids, fn);
+        }
+
+        // hc_head -> final norm -> head, last position only
+        std::vector<unsigned char> hh(bytes_needed(m.hc, 1));
+        uint16_t* z = y.data();
+        hc_head(m.hc, m.w.hc_head, Hs.data() + (S - 1) * W, 1, hc_head_out{z, nullptr, nullptr},
+                hc_scratch{hh.data(), hh.size()});
+        rmsnorm(z, 1, D, D, m.w.norm, m.eps(), z, D);
+        if (diag) diag->final_norm.assign(z, z + D);
+        std::vector<float> zf(D);
+        decode_bf16(z, zf.data(), D);
+        par::bf16_gemv(m.w.head, f32_rows{zf.data(), D, 1}, gemv_out{logits, nullptr, vocab()});
+        if (m.opt.check_finite && S > 0) {
+            const std::size_t V = vocab();
+            for (std::size_t i = 0; i < V; ++i)
+                if (!std::isfinite(logits[i]))
+                    throw error(std::string("dsv4::") + fn + ": non-finite logit " + std::to_string(i) + " (" +
+                                (std::isnan(logits[i]) ? "NaN" : "Inf") + ") at position " +
+                                std::to_string(start + int64_t(S) - 1) + " (token id " + std::to_string(ids[S - 1]) +
+                                ")");
+        }
+    }
+};
+
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4

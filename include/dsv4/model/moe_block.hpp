@@ -1,0 +1,50 @@
+// dsv4/model/moe_block.hpp - the two residual sub-blocks of a layer around the mHC streams
+// (spec §7): hc_pre -> norm -> {attention | MoE} -> hc_post. The attention itself is in
+// attention_block.hpp; the MoE layer (gate, routed + shared experts, combine) in moe.hpp.
+#pragma once
+
+#include "../mhc.hpp"
+#include "../moe.hpp"
+#include "../norm.hpp"
+#include "attention_block.hpp"
+
+namespace dsv4 {
+inline namespace DSV4_ISA_NS {
+
+/// Buffers of one forward call shared by the sub-blocks of every layer.
+struct block_buffers {
+    uint16_t* y;  ///< [S, D] the sub-block's normalised input
+    uint16_t* a;  ///< [S, D] the sub-block's output
+    float* post;  ///< [S, 4]
+    float* comb;  ///< [S, 16]
+    hc_scratch hc;
+    moe_scratch moe;
+};
+
+/// H [S, 4, D] += attention sub-block of layer w (in place through hc_post).
+inline void attention_sub_block(const model_context& m, const layer_weights& w, layer_state& st, uint16_t* Hs,
+                                std::size_t S, int64_t start, const block_buffers& b, int32_t* index_picks) {
+    par::hc_pre(m.hc, w.hc_attn, Hs, S, hc_pre_out{b.y, b.post, b.comb, nullptr, nullptr}, b.hc);
+    rmsnorm(b.y, S, m.D, m.D, w.attn_norm, m.eps(), b.y, m.D);
+    attention_block(m, w, st, b.y, S, start, b.a, index_picks);
+    par::hc_post(m.hc, b.a, Hs, b.post, b.comb, S, Hs);
+}
+
+/// H [S, 4, D] += MoE sub-block of layer w; `ids` route the hash layers. moe_picks (may be
+/// null) receives the last token's routed experts (ascending).
+inline void moe_sub_block(const model_context& m, const layer_weights& w, uint16_t* Hs, const int64_t* ids,
+                          std::size_t S, const block_buffers& b, int32_t* moe_picks) {
+    const std::size_t D = m.D;
+    par::hc_pre(m.hc, w.hc_ffn, Hs, S, hc_pre_out{b.y, b.post, b.comb, nullptr, nullptr}, b.hc);
+    rmsnorm(b.y, S, D, D, w.ffn_norm, m.eps(), b.y, D);
+    if (moe_picks) {  // routing of the last token (the same gate and routing code as the layer)
+        std::vector<float> rw(m.moe.topk);
+        moe_route_tokens(m.moe, w.moe.gate, b.y + (S - 1) * D, D, ids + (S - 1), 1,
+                         moe_routing_out{moe_picks, rw.data(), nullptr}, b.moe);
+    }
+    par::moe_forward(m.moe, w.moe, b.y, D, ids, S, b.a, D, b.moe);
+    par::hc_post(m.hc, b.a, Hs, b.post, b.comb, S, Hs);
+}
+
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4

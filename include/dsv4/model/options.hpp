@@ -1,0 +1,45 @@
+// dsv4/model/options.hpp - what a caller chooses when opening the model (numerics, capacity,
+// checks) and the optional per-call diagnostics.
+#pragma once
+
+#include "../codec.hpp"
+#include "../moe.hpp"
+
+#include <cstdint>
+#include <vector>
+
+namespace dsv4 {
+
+/// The two official revisions of the numerics switches (spec §10.1).
+enum class model_revision : int {
+    current = 0,  ///< KV FP8 simulation = e4m3 round trip; shared expert clamped
+    initial = 1,  ///< KV FP8 simulation = identity; shared expert unclamped
+};
+
+/// Options of model::open. The two numerics switches default to the current revision.
+struct forward_options {
+    fp8_sim_revision kv_fp8 = fp8_sim_revision::current;  ///< window KV + main compressor FP8 simulation
+    bool shared_clamp = true;                             ///< clamp the shared expert's SwiGLU
+    moe_numerics numerics = moe_numerics::reference;      ///< reference, or fast: int8 routed experts, bf16-block FP8 (avx512_bf16)
+    std::size_t max_context = 0;  ///< positions a sequence may reach; 0: min(max_position_embeddings, 65536)
+    std::size_t rope_table_rows = 8192;  ///< precomputed cos/sin rows per table (beyond: on the fly)
+    bool validate = true;         ///< check every tensor against the config (validate_checkpoint)
+    bool check_finite = true;     ///< NaN/Inf in a layer's residual streams or the logits is a dsv4::error
+
+    static forward_options for_revision(model_revision r) {
+        forward_options o;
+        o.kv_fp8 = r == model_revision::current ? fp8_sim_revision::current : fp8_sim_revision::initial;
+        o.shared_clamp = r == model_revision::current;
+        return o;
+    }
+};
+
+/// Optional per-call diagnostics of the last position (as forward.py's diagnostics).
+struct forward_diagnostics {
+    std::vector<uint16_t> layer_out;   ///< [L, 4, dim] bf16 residual streams after each block
+    std::vector<uint16_t> final_norm;  ///< [dim] bf16 final-norm output
+    std::vector<int32_t> moe_idx;      ///< [L, topk] routed experts of the last token (ascending)
+    std::vector<int32_t> index_idx;    ///< [L, index_topk] indexer picks (entry numbers ascending, -1 padded)
+};
+
+}  // namespace dsv4
