@@ -191,7 +191,7 @@ int run(int argc, char** argv) {
     dsv4::forward_options opt = dsv4::forward_options::for_revision(
         revision == "current" ? dsv4::model_revision::current : dsv4::model_revision::initial);
     // routed experts: FP8-quantised activations as in the reference (exact products), or int8
-    // activations per 32 with integer dot products (faster; error documented in the README)
+    // activations per 32 with integer dot products (faster; error bound in docs/numerics.md)
     opt.numerics = numerics == "fast" ? dsv4::moe_numerics::fast : dsv4::moe_numerics::reference;
     opt.max_context = max_ctx;
     const dsv4::model m = dsv4::model::open(model_dir, opt);

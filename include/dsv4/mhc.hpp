@@ -19,7 +19,7 @@
 // (decode); hc_pre_on(ex, ...) does exactly that through an executor (executor.hpp), and
 // dsv4::par::hc_pre with oneTBB.
 //
-// Numerics (tests/test_mhc.cpp, README): f32 throughout; exp is dsv4's own (<= 2 ulp, the
+// Numerics (tests/kernels/test_mhc.cpp, docs/kernels/mhc.md): f32 throughout; exp is dsv4's own (<= 2 ulp, the
 // same bits on every tier); the mix dot products are f32 GEMV sums (error <= K 2^-24
 // sum|v fn|, K = 4 dim); Sinkhorn sums in a fixed pairing (identical on every tier).
 #pragma once

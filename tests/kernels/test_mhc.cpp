@@ -1,6 +1,6 @@
 // tests/test_mhc.cpp - mHC hyper-connections (label: mhc), spec §7.
 //
-// Tolerances (README "mHC"):
+// Tolerances (docs/kernels/mhc.md):
 //  * mix: |mix - golden| <= (K 2^-24 sum_k |v_k fn_k| + 2^-23 |dot|) r + 2^-23 |mix|, K = 4 dim
 //    (f32 GEMV accumulation bound, computed here in double from the golden's own bytes);
 //  * pre, post, comb from the golden mixes fed to the split kernel: |x - golden| <= 4e-6 |golden|
