@@ -27,33 +27,38 @@
 
 namespace dsv4 {
 
-inline constexpr std::size_t attention_window = 128;  ///< sliding window (includes the current token)
+inline constexpr std::size_t attention_window = 128;  ///< V4 sliding window (includes the current token); the default of every `window` argument
 
 inline namespace DSV4_ISA_NS {
 
 // ------------------------------------------------------------------ index lists (spec §4 steps 4-5)
 
-/// Prefill window list (start_pos 0): query t gets kv rows lo_t + j, lo_t = max(0, t-127),
-/// j in [0, min(S,128)), entries > t masked (-1); written as 128 columns (right-padded
-/// with -1 when S < 128, which does not change attention). idx: [S, idx_stride].
-inline void window_indices_prefill(std::size_t S, int32_t* idx, std::size_t idx_stride) {
+/// Prefill window list (start_pos 0; official get_window_topk_idxs): query t gets kv rows
+/// lo_t + j, lo_t = max(0, t - window + 1), j in [0, min(S, window)), entries > t masked (-1).
+/// Exactly min(S, window) columns: the compressed part of the list starts right after them
+/// (padding would move the 64-column softmax blocks and change the bits). idx: [S, idx_stride].
+inline void window_indices_prefill(std::size_t S, int32_t* idx, std::size_t idx_stride,
+                                   std::size_t window = attention_window) {
+    detail::require(window > 0, "window_indices_prefill", "window must be positive");
+    const std::size_t w = std::min(S, window);
     detail::require(S == 0 || idx, "window_indices_prefill", "null pointer");
-    detail::require(idx_stride >= attention_window, "window_indices_prefill", "idx_stride < 128");
-    const std::size_t w = std::min(S, attention_window);
+    detail::require(S <= 1 || idx_stride >= w, "window_indices_prefill", "idx_stride < min(S, window)");
+    detail::require(S <= std::size_t(INT32_MAX), "window_indices_prefill", "indices overflow int32");
     for (std::size_t t = 0; t < S; ++t) {
         int32_t* row = idx + t * idx_stride;
-        const std::size_t lo = t >= attention_window - 1 ? t - (attention_window - 1) : 0;
-        for (std::size_t j = 0; j < attention_window; ++j)
-            row[j] = (j < w && lo + j <= t) ? int32_t(lo + j) : -1;
+        const std::size_t lo = t >= window - 1 ? t - (window - 1) : 0;
+        for (std::size_t j = 0; j < w; ++j) row[j] = lo + j <= t ? int32_t(lo + j) : -1;
     }
 }
 
-/// Decode window list at position p: ring slots oldest -> newest (slot of position x is
-/// x mod 128). p >= 127: (p'+1 .. 127) ++ (0 .. p'), p' = p mod 128; else 0..p then -1.
-inline void window_indices_decode(int64_t p, int32_t* idx) {
+/// Decode window list at position p: `window` ring slots oldest -> newest (slot of position x
+/// is x mod window). p >= window-1: (p'+1 .. window-1) ++ (0 .. p'), p' = p mod window; else
+/// 0..p then -1.
+inline void window_indices_decode(int64_t p, int32_t* idx, std::size_t window = attention_window) {
     detail::require(p >= 0, "window_indices_decode", "negative position");
     detail::require(idx != nullptr, "window_indices_decode", "null pointer");
-    const int64_t W = int64_t(attention_window);
+    detail::require(window > 0 && window <= std::size_t(INT32_MAX), "window_indices_decode", "window must be positive");
+    const int64_t W = int64_t(window);
     if (p >= W - 1) {
         const int64_t pp = p % W;
         for (int64_t j = 0; j < W; ++j) idx[j] = int32_t((pp + 1 + j) % W);
@@ -76,8 +81,8 @@ inline void compressed_indices_prefill(std::size_t S, std::size_t ratio, std::si
         for (std::size_t i = 0; i < n; ++i) idx[t * idx_stride + i] = i < (t + 1) / ratio ? int32_t(i + offset) : -1;
 }
 
-/// Decode compressed list at position p: offset + i for i in [0, (p+1)/ratio) (offset = 128,
-/// the cache slot of entry 0). Writes and returns the count.
+/// Decode compressed list at position p: offset + i for i in [0, (p+1)/ratio) (offset = the
+/// window, the cache slot of entry 0). Writes and returns the count.
 inline std::size_t compressed_indices_decode(int64_t p, std::size_t ratio, std::size_t offset, int32_t* idx) {
     detail::require(p >= 0 && ratio > 0, "compressed_indices_decode", "negative position or zero ratio");
     const std::size_t n = std::size_t(p + 1) / ratio;
@@ -87,50 +92,56 @@ inline std::size_t compressed_indices_decode(int64_t p, std::size_t ratio, std::
     return n;
 }
 
-/// Width of the full prefill list of a ratio-0 or ratio-128 layer: 128 + S/ratio.
-inline std::size_t attention_indices_prefill_width(std::size_t S, std::size_t ratio) noexcept {
-    return attention_window + (ratio ? S / ratio : 0);
+/// Width of the full prefill list of a ratio-0 or ratio-128 layer: min(S, window) + S/ratio.
+inline std::size_t attention_indices_prefill_width(std::size_t S, std::size_t ratio,
+                                                   std::size_t window = attention_window) noexcept {
+    return std::min(S, window) + (ratio ? S / ratio : 0);
 }
 
-/// The whole prefill list [window | compressed(offset S)] of a ratio-0 or ratio-128 layer
-/// (ratio-4 layers take the indexer's top-k instead of the dense compressed part), into
-/// idx [S, idx_stride >= attention_indices_prefill_width(S, ratio)]. Attend over
-/// kv = [S local rows ; S/ratio compressed rows].
-inline void attention_indices_prefill(std::size_t S, std::size_t ratio, int32_t* idx, std::size_t idx_stride) {
+/// The whole prefill list [window (min(S, window) columns) | compressed (offset S)] of a
+/// ratio-0 or ratio-128 layer (ratio-4 layers take the indexer's top-k instead of the dense
+/// compressed part), into idx [S, idx_stride >= attention_indices_prefill_width(S, ratio)].
+/// Attend over kv = [S local rows ; S/ratio compressed rows].
+inline void attention_indices_prefill(std::size_t S, std::size_t ratio, int32_t* idx, std::size_t idx_stride,
+                                      std::size_t window = attention_window) {
     detail::require(ratio == 0 || ratio == 128, "attention_indices_prefill", "ratio must be 0 or 128");
-    detail::require(idx_stride >= attention_indices_prefill_width(S, ratio), "attention_indices_prefill",
+    detail::require(idx_stride >= attention_indices_prefill_width(S, ratio, window), "attention_indices_prefill",
                     "idx_stride smaller than the list");
-    window_indices_prefill(S, idx, idx_stride);
-    if (ratio) compressed_indices_prefill(S, ratio, S, idx + attention_window, idx_stride);
+    window_indices_prefill(S, idx, idx_stride, window);
+    if (ratio) compressed_indices_prefill(S, ratio, S, idx + std::min(S, window), idx_stride);
 }
 
 /// The whole decode list at position p of a ratio-0 or ratio-128 layer over the layer's
-/// cache [128 window slots | compressed entries]: window ++ (128 + i, i < (p+1)/ratio).
-/// Writes and returns the width; idx must hold 128 + (p+1)/ratio entries.
-inline std::size_t attention_indices_decode(int64_t p, std::size_t ratio, int32_t* idx) {
+/// cache [window slots | compressed entries]: window ++ (window + i, i < (p+1)/ratio).
+/// Writes and returns the width; idx must hold window + (p+1)/ratio entries.
+inline std::size_t attention_indices_decode(int64_t p, std::size_t ratio, int32_t* idx,
+                                            std::size_t window = attention_window) {
     detail::require(ratio == 0 || ratio == 128, "attention_indices_decode", "ratio must be 0 or 128");
-    window_indices_decode(p, idx);
-    return attention_window + (ratio ? compressed_indices_decode(p, ratio, attention_window, idx + attention_window) : 0);
+    window_indices_decode(p, idx, window);
+    return window + (ratio ? compressed_indices_decode(p, ratio, window, idx + window) : 0);
 }
 
 // ------------------------------------------------------------------ window ring buffer (spec §4 step 6)
 
-/// Prefill (start_pos 0): writes the last min(S, 128) rows of kv [S, dim] to their ring
-/// slots t mod 128 of cache [>= 128, dim]; other slots are untouched.
+/// Prefill (start_pos 0): writes the last min(S, window) rows of kv [S, dim] to their ring
+/// slots t mod window of cache [>= window, dim]; other slots are untouched.
 inline void window_cache_write_prefill(uint16_t* cache, std::size_t cache_stride, const uint16_t* kv,
-                                       std::size_t kv_stride, std::size_t S, std::size_t dim) {
+                                       std::size_t kv_stride, std::size_t S, std::size_t dim,
+                                       std::size_t window = attention_window) {
     detail::require(S == 0 || (cache && kv), "window_cache_write_prefill", "null pointer");
     detail::require(cache_stride >= dim && (kv_stride >= dim || S <= 1), "window_cache_write_prefill", "stride smaller than dim");
-    for (std::size_t t = S > attention_window ? S - attention_window : 0; t < S; ++t)
-        std::memcpy(cache + (t % attention_window) * cache_stride, kv + t * kv_stride, dim * sizeof(uint16_t));
+    detail::require(window > 0, "window_cache_write_prefill", "window must be positive");
+    for (std::size_t t = S > window ? S - window : 0; t < S; ++t)
+        std::memcpy(cache + (t % window) * cache_stride, kv + t * kv_stride, dim * sizeof(uint16_t));
 }
 
-/// Decode at position p: writes kv_row [dim] into ring slot p mod 128.
+/// Decode at position p: writes kv_row [dim] into ring slot p mod window.
 inline void window_cache_write_decode(uint16_t* cache, std::size_t cache_stride, const uint16_t* kv_row, int64_t p,
-                                      std::size_t dim) {
+                                      std::size_t dim, std::size_t window = attention_window) {
     detail::require(cache && kv_row, "window_cache_write_decode", "null pointer");
     detail::require(p >= 0 && cache_stride >= dim, "window_cache_write_decode", "negative position or stride < dim");
-    std::memcpy(cache + std::size_t(p % int64_t(attention_window)) * cache_stride, kv_row, dim * sizeof(uint16_t));
+    detail::require(window > 0, "window_cache_write_decode", "window must be positive");
+    std::memcpy(cache + std::size_t(p % int64_t(window)) * cache_stride, kv_row, dim * sizeof(uint16_t));
 }
 
 // ------------------------------------------------------------------ sparse attention (spec §4 step 8)

@@ -25,6 +25,7 @@ struct model_context {
     model_weights w;
     std::size_t D = 0, H = 0, hd = 0, ql = 0;  ///< hidden, heads, head_dim, q_lora_rank
     std::size_t max_ctx = 0;                   ///< positions a sequence may reach
+    std::size_t window = 0;                    ///< sliding window (config sliding_window): ring slots per layer
     hc_config hc;
     moe_config moe;
     // RoPE: index 0 = ratio-0 layers (rope_theta), 1 = compressed layers (compress theta + YaRN)
@@ -55,7 +56,7 @@ inline void init_model_context(model_context& m) {
     };
     if (c.hc_mult != hc_mult) unsupported("hc_mult " + std::to_string(c.hc_mult));
     if (c.qk_rope_head_dim != rope_dim) unsupported("qk_rope_head_dim " + std::to_string(c.qk_rope_head_dim));
-    if (c.sliding_window != attention_window) unsupported("sliding_window " + std::to_string(c.sliding_window));
+    if (c.sliding_window < 1 || c.sliding_window > (1u << 20)) unsupported("sliding_window " + std::to_string(c.sliding_window));
     if (c.scoring_func != "sqrtsoftplus") unsupported("scoring_func " + c.scoring_func);
     if (c.expert_dtype != expert_format::fp4) unsupported("expert_dtype fp8");
     if (c.n_shared_experts != 1) unsupported("n_shared_experts " + std::to_string(c.n_shared_experts));
@@ -66,6 +67,7 @@ inline void init_model_context(model_context& m) {
     m.H = c.num_attention_heads;
     m.hd = c.head_dim;
     m.ql = c.q_lora_rank;
+    m.window = c.sliding_window;
     m.max_ctx = m.opt.max_context ? m.opt.max_context
                                   : std::size_t(std::min<uint64_t>(c.max_position_embeddings, 65536));
     if (m.max_ctx == 0) throw error("dsv4::model::open: max_context is 0");

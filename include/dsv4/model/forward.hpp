@@ -7,6 +7,8 @@
 //   std::vector<float> logits(m.vocab());
 //   m.prefill(s, ids.data(), ids.size(), logits.data());  // start_pos 0, any length >= 1
 //   m.decode(s, next_id, logits.data());                 // position s.pos, one token
+//   m.extend(s, more.data(), more.size(), logits.data()); // append any number at s.pos
+//   m.prefill_chunked(s, ids.data(), ids.size(), 512, logits.data());  // bounded memory
 //
 // Composition (reference/dsv4_ref/forward.py, which this follows operation by operation):
 // H = repeat4(embed(ids)); per layer: hc_pre -> attn_norm -> attention -> hc_post, hc_pre ->
@@ -26,9 +28,10 @@
 // Nothing per sequence lives in the model, which is read-only after open: any number of
 // sequences may be kept, and calls on different sequence_states may run concurrently on
 // different threads (same bits as alone: test_forward.cpp's two-threads case, also run
-// under ThreadSanitizer); one sequence_state takes one call at a time. prefill always
-// starts the sequence over (REF semantics, start_pos 0; no chunked prefill); decode
-// continues it.
+// under ThreadSanitizer); one sequence_state takes one call at a time. prefill starts the
+// sequence over (REF semantics, start_pos 0, the official prefill index layout); decode and
+// extend continue it, extend with each token exactly as its decode step would compute it
+// (spec §10.3 item 12), so prefill_chunked(N) equals prefill(c) + decode of the rest.
 //
 // Threads: every stage runs on oneTBB (par:: entry points) in the current task arena; the
 // results do not depend on the thread count. Errors: dsv4::error naming the file, tensor or
@@ -87,38 +90,41 @@ public:
     /// A fresh per-sequence state sized for max_context() positions.
     sequence_state new_sequence() const { return make_sequence_state(*ctx_, id_); }
 
-    /// Starts the sequence over with ids[0..n) at positions 0..n-1 and writes the f32 logits
-    /// [vocab] of the last position.
+    /// Starts the sequence over with ids[0..n) at positions 0..n-1 in one pass (the official
+    /// prefill, index layout of spec §4 step 4) and writes the f32 logits [vocab] of the last
+    /// position. Working memory grows with n: prefill_chunked bounds it.
     void prefill(sequence_state& s, const int64_t* ids, std::size_t n, float* logits,
                  forward_diagnostics* diag = nullptr) const {
-        check_seq(s, "model::prefill");
-        detail::require(n >= 1, "model::prefill", "empty prompt");
-        detail::require(ids && logits, "model::prefill", "null pointer");
-        check_token_ids(std::span<const int64_t>(ids, n), ctx_->cfg.vocab_size);
-        if (n > s.max_context)
-            throw error("dsv4::model::prefill: " + std::to_string(n) + " tokens exceed the sequence capacity " +
-                        std::to_string(s.max_context));
-        s.pos = 0;
-        forward(s, ids, n, 0, logits, diag, "model::prefill");
-        s.pos = int64_t(n);
+        run(s, ids, n, logits, diag, true, "model::prefill");
+    }
+
+    /// Appends ids[0..n) at positions s.pos.. to a started sequence (after a prefill, an
+    /// extend or a decode): every token is attended, compressed and indexed exactly as its own
+    /// decode step would do it, so extend(k tokens) gives the logits of k decode steps' last
+    /// one (bit for bit where the GEMMs' per-row arithmetic is M-independent, as on every
+    /// tier here). On a fresh sequence (s.pos == 0) it is prefill.
+    void extend(sequence_state& s, const int64_t* ids, std::size_t n, float* logits,
+                forward_diagnostics* diag = nullptr) const {
+        run(s, ids, n, logits, diag, s.pos == 0, "model::extend");
+    }
+
+    /// A prompt in pieces of at most `chunk` tokens: prefill of the first, extend of the rest,
+    /// so working memory is bounded by the chunk, not the prompt. chunk >= n is prefill.
+    void prefill_chunked(sequence_state& s, const int64_t* ids, std::size_t n, std::size_t chunk, float* logits,
+                         forward_diagnostics* diag = nullptr) const {
+        detail::require(chunk >= 1, "model::prefill_chunked", "chunk must be at least 1");
+        detail::require(n >= 1, "model::prefill_chunked", "empty prompt");
+        for (std::size_t a = 0; a < n; a += chunk) {
+            const std::size_t len = std::min(chunk, n - a);
+            run(s, ids + a, len, logits, a + len == n ? diag : nullptr, a == 0, "model::prefill_chunked");
+        }
     }
 
     /// Appends one token at position s.pos (after a prefill) and writes its f32 logits.
     void decode(sequence_state& s, int64_t id, float* logits, forward_diagnostics* diag = nullptr) const {
         check_seq(s, "model::decode");
-        detail::require(logits != nullptr, "model::decode", "null pointer");
         detail::require(s.pos > 0, "model::decode", "decode needs a prefix: call prefill first");
-        check_token_ids(std::span<const int64_t>(&id, 1), ctx_->cfg.vocab_size);
-        if (std::size_t(s.pos) >= s.max_context)
-            throw error("dsv4::model::decode: position " + std::to_string(s.pos) + " reaches the sequence capacity " +
-                        std::to_string(s.max_context));
-        try {
-            forward(s, &id, 1, s.pos, logits, diag, "model::decode");
-        } catch (...) {
-            s.pos = 0;  // caches partly written: the sequence must start over
-            throw;
-        }
-        s.pos += 1;
+        run(s, &id, 1, logits, diag, false, "model::decode");
     }
 
 private:
@@ -128,6 +134,29 @@ private:
     void check_seq(const sequence_state& s, const char* fn) const {
         detail::require(id_ != 0 && s.owner == id_ && s.layers.size() == ctx_->w.layers.size(), fn,
                         "sequence state was not made by this model's new_sequence()");
+    }
+
+    /// prefill (restart: from position 0) or append at s.pos; after a failure the caches are
+    /// partly written, so the sequence must start over (its position is reset to 0).
+    void run(sequence_state& s, const int64_t* ids, std::size_t n, float* logits, forward_diagnostics* diag,
+             bool restart, const char* fn) const {
+        check_seq(s, fn);
+        detail::require(n >= 1, fn, "no tokens");
+        detail::require(ids && logits, fn, "null pointer");
+        check_token_ids(std::span<const int64_t>(ids, n), ctx_->cfg.vocab_size);
+        const int64_t start = restart ? 0 : s.pos;
+        if (std::size_t(start) + n > s.max_context)
+            throw error(std::string("dsv4::") + fn + ": positions " + std::to_string(start) + ".." +
+                        std::to_string(start + int64_t(n) - 1) + " exceed the sequence capacity " +
+                        std::to_string(s.max_context));
+        s.pos = 0;
+        try {
+            forward(s, ids, n, start, logits, diag, fn);
+        } catch (...) {
+            s.pos = 0;
+            throw;
+        }
+        s.pos = start + int64_t(n);
     }
 
     /// Throws if the residual streams Hs [S, 4, D] hold a NaN/Inf after layer l.

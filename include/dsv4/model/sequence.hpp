@@ -13,7 +13,7 @@ namespace dsv4 {
 /// One layer's state of one sequence (spec §5.5).
 struct layer_state {
     uint32_t ratio = 0;
-    std::vector<uint16_t> cache;  ///< [128 + max_context/ratio, head_dim]: window ring, then entries
+    std::vector<uint16_t> cache;  ///< [window + max_context/ratio, head_dim]: window ring, then entries
     compressor_state comp;        ///< main compressor (ratio != 0)
     std::vector<uint16_t> keys;   ///< [max_context/4, index_head_dim] indexer keys (ratio 4)
     compressor_state index_comp;  ///< indexer compressor (ratio 4)
@@ -39,7 +39,7 @@ inline sequence_state make_sequence_state(const model_context& m, uint64_t owner
         layer_state& ls = s.layers[l];
         const uint32_t r = m.w.layers[l].ratio;
         ls.ratio = r;
-        ls.cache.assign((attention_window + (r ? m.max_ctx / r : 0)) * m.hd, 0);
+        ls.cache.assign((m.window + (r ? m.max_ctx / r : 0)) * m.hd, 0);
         if (r) compressor_state_init(ls.comp, m.comp_cfg(r));
         if (r == 4) {
             ls.keys.assign(m.max_ctx / 4 * m.cfg.index_head_dim, 0);
