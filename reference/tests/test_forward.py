@@ -135,6 +135,64 @@ class TestReader(unittest.TestCase):
 
 
 # ------------------------------------------------------------------------------------------------
+# forward on config variants the official code accepts (writes its own small checkpoint)
+# ------------------------------------------------------------------------------------------------
+class TestForwardConfigVariants(unittest.TestCase):
+    """Toy variant: sliding_window 64, o_lora_rank 64 (o_groups * o_lora_rank = 128), no
+    num_nextn_predict_layers field (0 MTP blocks; compress_ratios keeps its 5th, unused entry)."""
+
+    @classmethod
+    def setUpClass(cls):
+        import make_checkpoint as MC
+        from dsv4_ref.forward import Model
+        cls.tmp = tempfile.TemporaryDirectory()
+        cfg = MC.edit_config(MC.PRESETS["toy"], ["sliding_window=64", "o_lora_rank=64"],
+                             ["num_nextn_predict_layers"])
+        MC.write_checkpoint(cfg, cls.tmp.name, 0, "exact", 2, False)
+        cls.m = Model(cls.tmp.name)
+        import make_forward_goldens as MFG
+        cls.ids = MFG.master_ids(cls.m.cfg["vocab_size"], 100)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_config_read(self):
+        c = self.m.cfg
+        self.assertEqual((c["window_size"], c["o_lora_rank"], c["n_mtp_layers"]), (64, 64, 0))
+
+    def test_window_from_config(self):
+        from dsv4_ref import attention as AT
+        m, seen, orig = self.m, [], AT.sparse_attention
+
+        def spy(q, kv, idx, sink, scale, *a, **k):
+            seen.append(np.array(idx))
+            return orig(q, kv, idx, sink, scale, *a, **k)
+        AT.sparse_attention = spy
+        try:
+            m.prefill(self.ids[:70])
+            self.assertEqual(seen[0].shape, (70, 64))                 # ratio-0 layer: 64 window columns
+            np.testing.assert_array_equal(seen[0], AT.window_indices_prefill(70, 64))
+            self.assertEqual(seen[2].shape, (70, 64))                 # ratio 128, no entry yet
+            self.assertEqual(seen[1].shape, (70, 64 + 8))             # ratio 4: window | top-8
+            seen.clear()
+            m.decode(self.ids[70])
+            self.assertEqual(seen[0].shape, (1, 64))                  # decode: 64 ring slots
+            self.assertEqual(seen[1].shape, (1, 64 + 8))
+        finally:
+            AT.sparse_attention = orig
+
+    def test_prefill_then_decode_equals_longer_prefill(self):
+        m = self.m
+        for N, k in [(1, 2), (64, 3), (66, 5)]:                       # layouts coincide from N = 64
+            with self.subTest(N=N, k=k):
+                out = [m.prefill(self.ids[:N])] + [m.decode(self.ids[N + t]) for t in range(k)]
+                ref = m.prefill(self.ids[:N + k])
+                np.testing.assert_array_equal(out[-1], ref)
+                self.assertTrue(np.all(np.isfinite(ref)))
+
+
+# ------------------------------------------------------------------------------------------------
 # forward
 # ------------------------------------------------------------------------------------------------
 @unittest.skipUnless(HAVE_TOY, "set DSV4_TOY_MODEL to a toy checkpoint directory")
