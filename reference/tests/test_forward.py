@@ -134,6 +134,24 @@ class TestReader(unittest.TestCase):
             self.assertEqual(c[k], c2[k], k)
 
 
+class TestConfigVariants(unittest.TestCase):
+    def test_mtp_count_optional_and_ratio_list_length(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = pathlib.Path(tmp) / "config.json"
+            base = {"vocab_size": 512, "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "head_dim": 128, "q_lora_rank": 128, "o_groups": 2, "o_lora_rank": 64,
+                    "compress_ratios": [0, 4, 0], "moe_intermediate_size": 128, "n_routed_experts": 8,
+                    "num_experts_per_tok": 2, "sliding_window": 64}
+            path.write_text(json.dumps(base))
+            c = load_config(path)
+            self.assertEqual((c["n_mtp_layers"], c["window_size"], c["o_lora_rank"]), (0, 64, 64))
+            path.write_text(json.dumps(dict(base, num_nextn_predict_layers=1)))
+            self.assertEqual(load_config(path)["n_mtp_layers"], 1)
+            path.write_text(json.dumps(dict(base, num_nextn_predict_layers=2)))
+            with self.assertRaisesRegex(ValueError, "compress_ratios has 3 entries"):
+                load_config(path)
+
+
 # ------------------------------------------------------------------------------------------------
 # forward on config variants the official code accepts (writes its own small checkpoint)
 # ------------------------------------------------------------------------------------------------
