@@ -2,6 +2,8 @@
 """Write a synthetic DeepSeek-V4 checkpoint in the official format.
 
 Usage: python3 reference/make_checkpoint.py --preset toy|real-dims --out DIR [--seed N]
+           [--set FIELD=JSON ...] [--unset FIELD ...]
+       python3 reference/make_checkpoint.py --preset v4-flash|v4-pro --config-only --out DIR
 
 Same layout as deepseek-ai/DeepSeek-V4-Flash (spec §1): HF `config.json`, safetensors shards
 `model-0000K-of-0000N.safetensors` (N >= 2) and `model.safetensors.index.json`; the official
@@ -27,9 +29,21 @@ Presets:
   layer 0 a hash layer, window 128, index_topk 8, vocab 512, hidden 256, 4 heads of 128
   (64 rope + 64 nope), 8 experts of width 128 (top 2), 1 shared. ~6 MB in 3 shards, seconds.
 * v4-flash: the published V4-Flash config (43 layers + MTP), with --config-only only.
+* v4-pro: the published V4-Pro config (61 layers + MTP, hidden 7168, 128 heads, q LoRA 1536,
+  16 output groups, 384 experts of width 3072, index_topk 1024, routed_scaling_factor 2.5,
+  ratios [128, 128] + [4, 128] x 29 + [4, 0]), with --config-only only (its weights are ~865 GB).
+  Values: the root config.json of DeepSeek-V4-Pro as copied in github.com/Nicooo-Wang/
+  DeepSeek-V4-Pro-code (commit 0ec3a03, identical at 2074660; inference/config.json there
+  gives the same values under the official ModelArgs names).
 * real-dims: V4-Flash's real dimensions (spec §0) with 3 layers, ratios [0, 4, 128], the first
   a hash layer, no MTP. ~12.6 GB; written streaming, tensor by tensor (big BF16 tensors in row
   chunks), never holding more than one tensor (or chunk) in memory, with a progress bar.
+
+Config variants (any preset): ``--set FIELD=JSON`` replaces a top-level config field (the value
+is JSON: ``--set o_lora_rank=64``, ``--set 'compress_ratios=[0,4,128,4]'``), ``--unset FIELD``
+removes one (``--unset num_nextn_predict_layers``: no MTP block, as the official code reads the
+config). The schema follows the edited config: e.g. toy with ``--set o_lora_rank=64`` (o_groups
+2: o_groups * o_lora_rank = 128), ``--set index_head_dim=96`` or ``--set sliding_window=64``.
 
 Deterministic: every tensor (and chunk) has its own generator seeded from (--seed, crc32(name)).
 Only NumPy and the standard library (plus dsv4_ref, which is NumPy only).
@@ -107,9 +121,20 @@ PRESETS = {
         "index_topk": 512, "moe_intermediate_size": 2048, "n_routed_experts": 256, "num_experts_per_tok": 6,
         "n_shared_experts": 1, "num_hash_layers": 3, "max_position_embeddings": 1048576,
     }),
+    # The published V4-Pro config (see the module doc for the source): --config-only.
+    "v4-pro": dict(_COMMON, **{
+        "vocab_size": 129280, "hidden_size": 7168, "num_hidden_layers": 61, "num_nextn_predict_layers": 1,
+        "num_attention_heads": 128, "head_dim": 512, "q_lora_rank": 1536, "o_groups": 16, "o_lora_rank": 1024,
+        "compress_ratios": [128, 128] + [4, 128] * 29 + [4, 0], "index_n_heads": 64, "index_head_dim": 128,
+        "index_topk": 1024, "moe_intermediate_size": 3072, "n_routed_experts": 384, "num_experts_per_tok": 6,
+        "n_shared_experts": 1, "num_hash_layers": 3, "max_position_embeddings": 1048576,
+        "routed_scaling_factor": 2.5,
+    }),
 }
+CONFIG_ONLY = {"v4-flash": "160 GB", "v4-pro": "865 GB"}   # presets too big to write here
 DEFAULTS = {"toy": dict(quant="exact", shards=3, progress=False),
             "v4-flash": dict(quant="fast", shards=46, progress=True),
+            "v4-pro": dict(quant="fast", shards=64, progress=True),
             "real-dims": dict(quant="fast", shards=4, progress=True)}
 
 DTYPE_SIZE = {"F8_E4M3": 1, "F8_E8M0": 1, "I8": 1, "BF16": 2, "F32": 4, "I64": 8}
@@ -126,7 +151,7 @@ def schema(cfg):
     D, V, hc = cfg["hidden_size"], cfg["vocab_size"], cfg["hc_mult"]
     mix = (2 + hc) * hc
     H, hd, E, I = cfg["num_attention_heads"], cfg["head_dim"], cfg["n_routed_experts"], cfg["moe_intermediate_size"]
-    L, n_mtp = cfg["num_hidden_layers"], cfg["num_nextn_predict_layers"]
+    L, n_mtp = cfg["num_hidden_layers"], cfg.get("num_nextn_predict_layers", 0)   # absent: no MTP
     oa = cfg["o_groups"] * cfg["o_lora_rank"]
     S = cfg["n_shared_experts"] * I
     out = []
@@ -448,6 +473,24 @@ SPOT_DEFAULT = ["embed.weight", "head.weight", "hc_head_fn", "hc_head_scale", "l
                 "mtp.0.hc_head_base"]
 
 
+def edit_config(cfg, sets=(), unsets=()):
+    """A copy of cfg with ``FIELD=JSON`` assignments and FIELD removals applied (in that order)."""
+    cfg = json.loads(json.dumps(cfg))
+    for item in sets:
+        key, eq, val = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set {item!r}: expected FIELD=JSON")
+        try:
+            cfg[key] = json.loads(val)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--set {key}: value {val!r} is not JSON ({e})") from None
+    for key in unsets:
+        if key not in cfg:
+            raise ValueError(f"--unset {key}: no such field in the config")
+        del cfg[key]
+    return cfg
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", required=True, choices=sorted(PRESETS))
@@ -457,19 +500,28 @@ def main():
     ap.add_argument("--shards", type=int, help="number of shards (>= 2)")
     ap.add_argument("--config-only", action="store_true", help="write config.json only")
     ap.add_argument("--spot", metavar="DIR", help="also save a few tensors' bytes as .npy in DIR")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                    help="replace a top-level config field (value parsed as JSON); repeatable")
+    ap.add_argument("--unset", action="append", default=[], metavar="FIELD",
+                    help="remove a top-level config field; repeatable")
     prog = ap.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None)
     prog.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args()
     cfg = json.loads(json.dumps(PRESETS[args.preset]))
+    try:
+        cfg = edit_config(cfg, args.set, args.unset)
+    except ValueError as e:
+        ap.error(str(e))
     d = DEFAULTS[args.preset]
     quant = args.quant or d["quant"]
     shards = args.shards if args.shards is not None else d["shards"]
     if shards < 2:
         ap.error("--shards must be at least 2 (the point is a sharded checkpoint)")
     progress = d["progress"] if args.progress is None else args.progress
-    if args.preset == "v4-flash" and not args.config_only:
-        ap.error("--preset v4-flash writes its config only (--config-only); its weights are 160 GB")
+    if args.preset in CONFIG_ONLY and not args.config_only:
+        ap.error(f"--preset {args.preset} writes its config only (--config-only); "
+                 f"its weights are {CONFIG_ONLY[args.preset]}")
     if args.config_only:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,12 @@ i32[.,L,K] (indexer selection of the last position in ratio-4 layers as ascendin
 -1 padded; -1 rows for other layers), ``revision`` i64[1], ``weights_crc32`` i64[1] (crc32 over
 all tensors' raw bytes in sorted-name order: identifies the checkpoint).
 
+Index-list layout: every prefill uses the official one (dsv4_ref/forward.py, attention.prefill_index_list):
+min(S,128) window columns, the compressed part right after them. For S < 128 this differs from the
+decode layout (128 window columns) in ratio-4 layers: prefill_S7 and row 0 of greedy_S7_steps16 put
+the compressed column at column 7; a port that pads the prefill window part to 128 columns
+differs from these logits.
+
 Comparing a C++ run (see dsv4_ref/forward.py "Sensitivity"): the reference sums exactly, so a port
 that accumulates in f32 differs by ulps that FP8 activation quantisation and top-k / routing
 choices amplify. 1- and 7-token prompts (and greedy_S7) are expected to match to ~1e-2 absolute;

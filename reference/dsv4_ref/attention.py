@@ -2,10 +2,11 @@
 
 Public functions
 ----------------
-window_indices_prefill(S, window=128, pad=True)      -> int32 [S, 128]      (§4 step 4)
+window_indices_prefill(S, window=128)                 -> int32 [S, min(S, 128)] (§4 step 4)
 window_indices_decode(p, window=128)                  -> int32 [128]
 compressed_indices_prefill(S, ratio, offset)          -> int32 [S, S//ratio] (§4 step 5)
 compressed_indices_decode(p, ratio, offset=128)       -> int32 [(p+1)//ratio]
+prefill_index_list(S, ratio, window=128, indexer_idx=None) -> int32 [S, min(S,128) + C]
 window_cache_write_prefill(cache, kv)                 -> updated copy of cache (§4 step 6)
 window_cache_write_decode(cache, kv_row, p)           -> updated copy of cache
 sparse_attention(q, kv, idx, sink, scale)             -> float32 bf16 values [S, H, D] (§4 step 8)
@@ -15,6 +16,16 @@ write_goldens(writer)                                 -> family "attention" (see
 
 All index lists use -1 for "ignore". Everything works on one sequence (no batch axis): the
 reference is per-row independent (§10.3 item 9).
+
+Index-list layout (official inference/model.py get_window_topk_idxs, get_compress_topk_idxs,
+Attention.forward): in prefill (start_pos 0) the window part has min(S, window) columns and the
+compressed part (ratio-128 list, or the indexer's top-k for ratio 4) follows IMMEDIATELY, at
+column min(S, window); compressed values are offset by S (rows after the S local KV rows). In
+decode the window part always has ``window`` columns and the compressed values are offset by
+``window`` (cache slot window + i). The layout is not neutral: sparse_attention runs its online
+softmax over 64-column blocks and rounds the unnormalised weights to bf16 against the running
+maximum, so moving the compressed columns (e.g. padding the window part to 128 columns) moves
+the bf16 rounding points and changes output bits (tested in reference/tests/test_attention_layout.py).
 """
 import math
 
@@ -31,13 +42,13 @@ BLOCK = 64          # sparse_attn kernel block of indices (online softmax granul
 # ----------------------------------------------------------------------------------------------
 # §4 step 4: window index lists
 # ----------------------------------------------------------------------------------------------
-def window_indices_prefill(S, window=WINDOW, pad=True):
-    """Prefill window list, int32 [S, window] (or [S, min(S, window)] with pad=False).
+def window_indices_prefill(S, window=WINDOW):
+    """Prefill window list, int32 [S, min(S, window)] (official get_window_topk_idxs, start_pos 0).
 
     Query t gets entries lo_t + j, lo_t = max(0, t - window + 1), j in [0, min(S, window));
-    entries > t are -1. Indices address the local kv rows (row = token index). With pad=True
-    (default, the golden layout) the list is right-padded with -1 to ``window`` columns when
-    S < window; this does not change attention.
+    entries > t are -1. Indices address the local kv rows (row = token index). There is no
+    padding to ``window`` columns: the compressed part of a prefill list starts right after
+    these min(S, window) columns (``prefill_index_list``).
     """
     S = int(S)
     w = min(S, window)
@@ -45,9 +56,7 @@ def window_indices_prefill(S, window=WINDOW, pad=True):
     lo = np.maximum(0, t - (window - 1))
     e = lo + np.arange(w, dtype=np.int64)[None, :]
     e = np.where(e > t, -1, e)
-    if pad and w < window:
-        e = np.concatenate([e, np.full((S, window - w), -1, dtype=np.int64)], axis=1)
-    return e.astype(np.int32)
+    return e.astype(np.int32).reshape(S, w)
 
 
 def window_indices_decode(p, window=WINDOW):
@@ -80,6 +89,32 @@ def compressed_indices_prefill(S, ratio, offset):
 def compressed_indices_decode(p, ratio, offset=WINDOW):
     """int32 [(p+1)//ratio]: offset + i for every completed entry i."""
     return (offset + np.arange((int(p) + 1) // ratio, dtype=np.int64)).astype(np.int32)
+
+
+def prefill_index_list(S, ratio, window=WINDOW, indexer_idx=None):
+    """The whole prefill index list of one layer, official layout: int32 [S, min(S, window) + C].
+
+    ratio 0: the window part only (C = 0). ratio 4: window part ++ ``indexer_idx`` (the indexer's
+    prefill selection [S, min(index_topk, S//4)], values already offset by S; required). Other
+    ratios (128): window part ++ ``compressed_indices_prefill(S, ratio, S)`` (C = S//ratio).
+    Column j >= min(S, window) holds the compressed part: no -1 padding between the two parts.
+    """
+    S = int(S)
+    parts = [window_indices_prefill(S, window)]
+    if ratio == 4:
+        if indexer_idx is None:
+            raise ValueError("ratio 4 needs the indexer's prefill selection (indexer_idx)")
+        ix = np.asarray(indexer_idx)
+        if ix.ndim != 2 or ix.shape[0] != S:
+            raise ValueError(f"indexer_idx must be [S={S}, k], got {ix.shape}")
+        parts.append(ix.astype(np.int32))
+    elif ratio:
+        if indexer_idx is not None:
+            raise ValueError(f"ratio {ratio} takes no indexer selection")
+        parts.append(compressed_indices_prefill(S, ratio, S))
+    elif indexer_idx is not None:
+        raise ValueError("ratio 0 takes no indexer selection")
+    return np.concatenate(parts, axis=1).astype(np.int32)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,18 +42,23 @@ indexer compressor state. ``prefill`` resets everything (a prefill starts a sequ
 
 Prefill vs decode (different code paths, spec §4 steps 4-7): the only difference that can change
 bits is the column layout of the sparse-attention index list, which decides how the valid indices
-fall into the kernel's 64-wide online-softmax blocks. Default (``pad_window=True``, the golden
-contract of the ``attention`` family): the prefill window part is right-padded with -1 to
-``window`` columns, so the compressed part starts at column 128 in prefill exactly as in decode;
-then prefill(N) + decode(k) reproduces prefill(N+k) bit for bit (tested). ``pad_window=False`` is
-REF's literal layout (window part min(S,128) columns): identical for S >= 128, but for S < 128 in
-ratio-4 layers the compressed columns start at column S, the block partition (hence the f32
-rescaling and the bf16 rounding of the unnormalised weights) differs, and outputs move by bf16
-ulps — which FP8 activation quantisation and top-k selections then amplify (see below).
+fall into the kernel's 64-wide online-softmax blocks (where the running maximum is taken and the
+unnormalised weights are rounded to bf16). The reference uses the OFFICIAL layout of both paths
+(inference/model.py get_window_topk_idxs / get_compress_topk_idxs / Attention.forward):
+prefill rows are [window: min(S, window) columns | compressed], the compressed part starting at
+column min(S, window) with values offset by S; decode rows are [window: ``window`` ring slots |
+compressed] with values offset by ``window``. For S >= window both put the compressed part at
+column ``window`` and prefill(N) + decode(k) reproduces prefill(N+k) bit for bit when N >= window
+(tested); for shorter prompts in layers with visible compressed entries (ratio 4, S >= 4) the
+official prefill and decode layouts put those entries into different blocks, so the two paths
+differ by bf16 ulps exactly as the official code's do (amplified by FP8 activation quantisation
+and top-k choices, see below). Padding the prefill window part to ``window`` columns is NOT
+neutral and is not offered.
 
 Composition choices where the spec leaves room (see also the kernel modules' own lists):
-1. Prefill index-list layout: window part padded to 128 columns (above); offsets of compressed
-   entries = S (prefill, rows after the S local KV rows) and 128 (decode, cache slot 128 + i).
+1. Prefill index-list layout: the official one (above, ``attention.prefill_index_list``); offsets
+   of compressed entries = S (prefill, rows after the S local KV rows; the indexer gets the same
+   offset, official ``offset = kv.size(1)``) and ``window`` (decode, cache slot window + i).
 2. Prefill indexer: q/weights of all S tokens against the S//4 entries emitted by the indexer's own
    prefill compressor; causal mask u >= (t+1)//4 -> -inf; k = min(index_topk, S//4); masked picks
    -> -1 (they may appear in rows with fewer than k visible entries). Runs before the main
@@ -277,7 +282,7 @@ class Model:
                 w.f32(P + "compressor.ape"), w.bf16(P + "compressor.norm.weight"), ratio,
                 self.cfg["head_dim"], self.freqs[ratio], False)
 
-    def attention(self, l, x, start_pos, pad_window=True):
+    def attention(self, l, x, start_pos):
         """Attention of layer l on x = attn_norm output, bf16 [S, dim]; start_pos 0 (prefill, any S)
         or > 0 with S = 1 (decode). Updates the layer state. Returns bf16 [S, dim]."""
         c, w, st = self.cfg, self.w, self.layers[l]
@@ -304,22 +309,19 @@ class Model:
         if not decode:
             # ---------------- prefill (start_pos = 0) ----------------
             st.reset()
-            widx = AT.window_indices_prefill(S, win, pad=pad_window)
-            parts = [widx]
+            sel = None
             if r == 4:
                 res = IX.indexer_prefill(st.index, x, qr, self._indexer_params(P), offset=S,
                                          topk=c["index_topk"])
-                parts.append(res["idx"])
-                self._note_index(l, res["idx"][-1], S)
-            elif r:
-                parts.append(AT.compressed_indices_prefill(S, r, S))
+                sel = res["idx"]
+                self._note_index(l, sel[-1], S)
+            idx = AT.prefill_index_list(S, r, win, sel)
             st.ring = AT.window_cache_write_prefill(st.ring, kv, win)
             kv_all = kv
             if r:
                 st.comp = CP.compressor_prefill(st.comp_state, x, *self._compressor_args(P, r),
                                                 fp8_sim_revision=self.kv_fp8_sim)
                 kv_all = np.concatenate([kv, st.comp], axis=0)
-            idx = np.concatenate(parts, axis=1)
         else:
             # ---------------- decode (one token at position p) ----------------
             p = int(start_pos)
@@ -394,7 +396,7 @@ class Model:
     # -------------------------------------------------------------------------------------------
     # blocks and head
     # -------------------------------------------------------------------------------------------
-    def block(self, l, H, ids, start_pos, pad_window=True):
+    def block(self, l, H, ids, start_pos):
         c, w = self.cfg, self.w
         P = f"layers.{l}."
         it, he, ne = c["hc_sinkhorn_iters"], c["hc_eps"], c["norm_eps"]
@@ -402,7 +404,7 @@ class Model:
         y, post, comb, _ = HC.hc_pre(H, w.f32(P + "hc_attn_fn"), w.f32(P + "hc_attn_scale"),
                                      w.f32(P + "hc_attn_base"), it, he, ne)
         y = NR.rmsnorm(y, w.bf16(P + "attn_norm.weight"), ne)
-        y = self.attention(l, y, start_pos, pad_window)
+        y = self.attention(l, y, start_pos)
         H = HC.hc_post(y, R, post, comb)
         R = H
         y, post, comb, _ = HC.hc_pre(H, w.f32(P + "hc_ffn_fn"), w.f32(P + "hc_ffn_scale"),
@@ -427,7 +429,7 @@ class Model:
             self.diag["final_norm"] = z.astype(F32)
         return out
 
-    def forward(self, ids, start_pos, pad_window=True):
+    def forward(self, ids, start_pos):
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         V = self.cfg["vocab_size"]
         if ids.size == 0 or ids.min() < 0 or ids.max() >= V:
@@ -443,17 +445,17 @@ class Model:
         x = self.embed(ids)
         H = np.repeat(x[:, None, :], self.cfg["hc_mult"], axis=1)
         for l in range(self.cfg["n_layers"]):
-            H = self.block(l, H, ids, start_pos, pad_window)
+            H = self.block(l, H, ids, start_pos)
             if self.diag is not None:
                 self.diag["layer_out"][l] = H[-1]
         self.pos = start_pos + ids.size
         return self.head(H[-1])
 
-    def prefill(self, ids, pad_window=True):
+    def prefill(self, ids):
         """Start a new sequence: reset all state, run ids (any length >= 1) at positions 0..S-1,
-        return the f32 logits [vocab] of the last position. ``pad_window``: see module doc."""
+        return the f32 logits [vocab] of the last position (official prefill layout)."""
         self.reset()
-        return self.forward(ids, 0, pad_window)
+        return self.forward(ids, 0)
 
     def decode(self, token):
         """Append one token at position ``self.pos`` (> 0, after a prefill); returns f32 logits."""

@@ -253,9 +253,10 @@ def load_config(path):
               "hc_eps", "norm_eps"]:
         cfg[k] = float(cfg[k])
     cfg["compress_ratios"] = [int(r) for r in cfg["compress_ratios"]]
-    if len(cfg["compress_ratios"]) < cfg["n_layers"]:
+    blocks = cfg["n_layers"] + cfg["n_mtp_layers"]       # the official code reads entry layer_id
+    if len(cfg["compress_ratios"]) < blocks:
         raise ValueError(f"{p}: compress_ratios has {len(cfg['compress_ratios'])} entries for "
-                         f"{cfg['n_layers']} layers")
+                         f"{cfg['n_layers']} layers + {cfg['n_mtp_layers']} MTP blocks")
     if any(r < 0 for r in cfg["compress_ratios"]):
         raise ValueError(f"{p}: negative compress ratio in {cfg['compress_ratios']}")
     cfg["raw"] = raw

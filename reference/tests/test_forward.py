@@ -10,11 +10,13 @@ Prefill vs decode. They are different code paths (batched prefill with local KV 
 ring buffer, the decode index lists and the token-by-token compressor/indexer state machines).
 Every per-token computation is row-wise and the reference's sums are exact (order independent),
 so the only thing that could change bits is where the valid indices fall inside the sparse-attn
-kernel's 64-wide blocks. With the default layout (prefill window part padded to 128 columns,
-the attention golden contract) that is identical too, so prefill(N) + decode(k) must equal
-prefill(N+k) at the last position BIT FOR BIT (tolerance 0), logits and all diagnostics. With
-REF's literal layout (``pad_window=False``) the same holds for N+k >= 128 and for contexts without
-visible compressed entries, and is not asserted elsewhere (ulp-level differences, see forward.py).
+kernel's 64-wide blocks. The reference uses the official layouts (prefill: window part of
+min(S,128) columns, compressed part right after it; decode: 128 ring slots, then compressed), which
+coincide once the prompt is at least 128 tokens: then prefill(N) + decode(k) must equal
+prefill(N+k) at the last position BIT FOR BIT (tolerance 0), logits and all diagnostics. The same
+holds while no compressed entry is visible (N+k < 4). For shorter prompts with visible ratio-4
+entries the official prefill and decode layouts differ (so do the official code's results) and
+nothing is asserted beyond finiteness.
 """
 import json
 import os
@@ -132,6 +134,82 @@ class TestReader(unittest.TestCase):
             self.assertEqual(c[k], c2[k], k)
 
 
+class TestConfigVariants(unittest.TestCase):
+    def test_mtp_count_optional_and_ratio_list_length(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = pathlib.Path(tmp) / "config.json"
+            base = {"vocab_size": 512, "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "head_dim": 128, "q_lora_rank": 128, "o_groups": 2, "o_lora_rank": 64,
+                    "compress_ratios": [0, 4, 0], "moe_intermediate_size": 128, "n_routed_experts": 8,
+                    "num_experts_per_tok": 2, "sliding_window": 64}
+            path.write_text(json.dumps(base))
+            c = load_config(path)
+            self.assertEqual((c["n_mtp_layers"], c["window_size"], c["o_lora_rank"]), (0, 64, 64))
+            path.write_text(json.dumps(dict(base, num_nextn_predict_layers=1)))
+            self.assertEqual(load_config(path)["n_mtp_layers"], 1)
+            path.write_text(json.dumps(dict(base, num_nextn_predict_layers=2)))
+            with self.assertRaisesRegex(ValueError, "compress_ratios has 3 entries"):
+                load_config(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# forward on config variants the official code accepts (writes its own small checkpoint)
+# ------------------------------------------------------------------------------------------------
+class TestForwardConfigVariants(unittest.TestCase):
+    """Toy variant: sliding_window 64, o_lora_rank 64 (o_groups * o_lora_rank = 128), no
+    num_nextn_predict_layers field (0 MTP blocks; compress_ratios keeps its 5th, unused entry)."""
+
+    @classmethod
+    def setUpClass(cls):
+        import make_checkpoint as MC
+        from dsv4_ref.forward import Model
+        cls.tmp = tempfile.TemporaryDirectory()
+        cfg = MC.edit_config(MC.PRESETS["toy"], ["sliding_window=64", "o_lora_rank=64"],
+                             ["num_nextn_predict_layers"])
+        MC.write_checkpoint(cfg, cls.tmp.name, 0, "exact", 2, False)
+        cls.m = Model(cls.tmp.name)
+        import make_forward_goldens as MFG
+        cls.ids = MFG.master_ids(cls.m.cfg["vocab_size"], 100)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_config_read(self):
+        c = self.m.cfg
+        self.assertEqual((c["window_size"], c["o_lora_rank"], c["n_mtp_layers"]), (64, 64, 0))
+
+    def test_window_from_config(self):
+        from dsv4_ref import attention as AT
+        m, seen, orig = self.m, [], AT.sparse_attention
+
+        def spy(q, kv, idx, sink, scale, *a, **k):
+            seen.append(np.array(idx))
+            return orig(q, kv, idx, sink, scale, *a, **k)
+        AT.sparse_attention = spy
+        try:
+            m.prefill(self.ids[:70])
+            self.assertEqual(seen[0].shape, (70, 64))                 # ratio-0 layer: 64 window columns
+            np.testing.assert_array_equal(seen[0], AT.window_indices_prefill(70, 64))
+            self.assertEqual(seen[2].shape, (70, 64))                 # ratio 128, no entry yet
+            self.assertEqual(seen[1].shape, (70, 64 + 8))             # ratio 4: window | top-8
+            seen.clear()
+            m.decode(self.ids[70])
+            self.assertEqual(seen[0].shape, (1, 64))                  # decode: 64 ring slots
+            self.assertEqual(seen[1].shape, (1, 64 + 8))
+        finally:
+            AT.sparse_attention = orig
+
+    def test_prefill_then_decode_equals_longer_prefill(self):
+        m = self.m
+        for N, k in [(1, 2), (64, 3), (66, 5)]:                       # layouts coincide from N = 64
+            with self.subTest(N=N, k=k):
+                out = [m.prefill(self.ids[:N])] + [m.decode(self.ids[N + t]) for t in range(k)]
+                ref = m.prefill(self.ids[:N + k])
+                np.testing.assert_array_equal(out[-1], ref)
+                self.assertTrue(np.all(np.isfinite(ref)))
+
+
 # ------------------------------------------------------------------------------------------------
 # forward
 # ------------------------------------------------------------------------------------------------
@@ -159,11 +237,11 @@ class TestForward(unittest.TestCase):
         return {k: np.array(v) for k, v in m.diag.items()}
 
     def test_prefill_then_decode_equals_longer_prefill(self):
-        # (N, k): position 3 completes the first ratio-4 entry; 36+ tokens make the indexer's
-        # top-k (8) really select; 127 completes the first ratio-128 entry and fills the window;
-        # 128+ wraps the ring.
+        # (N, k): N + k < 4 sees no compressed entry; from N = 128 on the official prefill and
+        # decode layouts coincide (window part 128 columns, compressed part at column 128);
+        # 128+ wraps the ring, 255/256 complete ratio-4 and ratio-128 entries while decoding.
         m = self.m
-        for N, k in [(1, 6), (3, 2), (30, 9), (126, 5), (200, 3)]:
+        for N, k in [(1, 2), (128, 3), (130, 2), (200, 3), (254, 3)]:
             with self.subTest(N=N, k=k):
                 chain = self._decode_chain(m, N, k)
                 d_dec = self._diag(m)
@@ -173,13 +251,47 @@ class TestForward(unittest.TestCase):
                 for key in d_ref:
                     np.testing.assert_array_equal(d_dec[key], d_ref[key], err_msg=key)
 
-    def test_ref_layout_matches_where_blocks_coincide(self):
-        m = self.m
-        for S in (1, 3, 128, 131):
-            with self.subTest(S=S):
-                a = m.prefill(self.ids[:S], pad_window=True)
-                b = m.prefill(self.ids[:S], pad_window=False)
-                np.testing.assert_array_equal(a, b)
+    def test_prefill_uses_official_layout(self):
+        # The forward's prefill index list of every layer is [window min(S,128) | compressed]:
+        # record the lists handed to sparse_attention and check them against the builders.
+        from dsv4_ref import attention as AT
+        m = self.Model(TOY, diagnostics=True)
+        seen = []
+        orig = AT.sparse_attention
+
+        def spy(q, kv, idx, sink, scale, *a, **k):
+            seen.append((np.array(idx), kv.shape[0]))
+            return orig(q, kv, idx, sink, scale, *a, **k)
+        AT.sparse_attention = spy
+        try:
+            for S in (5, 40, 131):
+                seen.clear()
+                m.prefill(self.ids[:S])
+                ratios = m.cfg["compress_ratios"][:m.cfg["n_layers"]]
+                self.assertEqual(len(seen), len(ratios))
+                for l, ((idx, nkv), r) in enumerate(zip(seen, ratios)):
+                    w = min(S, m.cfg["window_size"])
+                    np.testing.assert_array_equal(idx[:, :w], AT.window_indices_prefill(S),
+                                                  err_msg=f"S={S} layer {l}")
+                    comp = idx[:, w:]
+                    if r == 0:
+                        self.assertEqual(idx.shape, (S, w))
+                        self.assertEqual(nkv, S)
+                    elif r == 4:
+                        k = min(m.cfg["index_topk"], S // 4)
+                        self.assertEqual(comp.shape, (S, k))
+                        self.assertEqual(nkv, S + S // 4)
+                        for t in range(S):            # visible entries only, offset S, no repeats
+                            v = comp[t][comp[t] >= 0] - S
+                            self.assertEqual(v.size, min(k, (t + 1) // 4))
+                            self.assertTrue(np.all(v < (t + 1) // 4))
+                            self.assertEqual(np.unique(v).size, v.size)
+                        np.testing.assert_array_equal(np.sort(comp[-1] - S), m.diag["index_idx"][l][:k])
+                    else:
+                        np.testing.assert_array_equal(comp, AT.compressed_indices_prefill(S, r, S))
+                        self.assertEqual(nkv, S + S // r)
+        finally:
+            AT.sparse_attention = orig
 
     def test_no_state_leak_between_sequences(self):
         fresh = self.Model(TOY)

@@ -174,6 +174,78 @@ class Presets(unittest.TestCase):
         self.assertEqual(len(entries), 69187)
         self.assertEqual(sum(MC.nbytes(e) for e in entries), 159609485896)
 
+    def test_v4_pro_config_and_schema(self):
+        # Published V4-Pro config (root config.json of DeepSeek-V4-Pro, copied in
+        # Nicooo-Wang/DeepSeek-V4-Pro-code @ 0ec3a03): same architecture as Flash, larger dims.
+        c = MC.PRESETS["v4-pro"]
+        want = {"vocab_size": 129280, "hidden_size": 7168, "num_hidden_layers": 61, "num_nextn_predict_layers": 1,
+                "num_attention_heads": 128, "head_dim": 512, "q_lora_rank": 1536, "o_groups": 16,
+                "o_lora_rank": 1024, "index_n_heads": 64, "index_head_dim": 128, "index_topk": 1024,
+                "moe_intermediate_size": 3072, "n_routed_experts": 384, "num_experts_per_tok": 6,
+                "n_shared_experts": 1, "num_hash_layers": 3, "routed_scaling_factor": 2.5,
+                "sliding_window": 128, "qk_rope_head_dim": 64, "max_position_embeddings": 1048576}
+        for k, v in want.items():
+            self.assertEqual(c[k], v, k)
+        r = c["compress_ratios"]
+        self.assertEqual(len(r), 62)
+        self.assertEqual(r[:4], [128, 128, 4, 128])
+        self.assertEqual(r[-2:], [4, 0])
+        self.assertEqual((r[:61].count(4), r[:61].count(128), r[:61].count(0)), (30, 31, 0))
+        entries = MC.schema(c)
+        self.assertEqual(len(entries), 145116)            # 6 + 30*2344 + 31*2337 + MTP 2343
+        self.assertEqual(sum(MC.nbytes(e) for e in entries), 864704792696)
+        per = {}
+        for name, *_ in entries:
+            b = ".".join(name.split(".")[:2]) if name.startswith(("layers.", "mtp.")) else "top"
+            per[b] = per.get(b, 0) + 1
+        self.assertEqual((per["top"], per["layers.0"], per["layers.2"], per["layers.3"], per["mtp.0"]),
+                         (6, 2337, 2344, 2337, 2343))
+        shapes = {e[0]: e[2] for e in entries}
+        self.assertEqual(shapes["layers.5.attn.wo_a.weight"], (16 * 1024, 128 * 512 // 16))
+        self.assertEqual(shapes["layers.5.attn.wq_b.scale"], (128 * 512 // 128, 1536 // 128))
+        self.assertEqual(shapes["layers.60.ffn.experts.383.w2.weight"], (7168, 3072 // 2))
+        self.assertEqual(shapes["layers.0.ffn.gate.tid2eid"], (129280, 6))
+        self.assertEqual(shapes["layers.0.attn.compressor.ape"], (128, 512))
+        self.assertNotIn("layers.0.attn.indexer.wq_b.weight", shapes)
+
+    def test_config_only_presets_refuse_weights(self):
+        import subprocess
+        with tempfile.TemporaryDirectory() as tmp:
+            for preset in ("v4-pro", "v4-flash"):
+                r = subprocess.run([sys.executable, str(pathlib.Path(MC.__file__)), "--preset", preset,
+                                    "--out", tmp], capture_output=True, text=True)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn("--config-only", r.stderr)
+            r = subprocess.run([sys.executable, str(pathlib.Path(MC.__file__)), "--preset", "v4-pro",
+                                "--config-only", "--out", tmp], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads((pathlib.Path(tmp) / "config.json").read_text()), MC.PRESETS["v4-pro"])
+
+    def test_config_edits(self):
+        toy = MC.PRESETS["toy"]
+        c = MC.edit_config(toy, ["o_lora_rank=64", "compress_ratios=[0,4,128,4]", "sliding_window=64"],
+                           ["num_nextn_predict_layers"])
+        self.assertEqual((c["o_lora_rank"], c["sliding_window"]), (64, 64))
+        self.assertEqual(c["compress_ratios"], [0, 4, 128, 4])
+        self.assertNotIn("num_nextn_predict_layers", c)
+        self.assertIn("num_nextn_predict_layers", toy)      # the preset itself is untouched
+        for bad_set, bad_unset in ((["o_lora_rank"], []), (["=1"], []), (["x=not json"], []), ([], ["nope"])):
+            with self.assertRaises(ValueError):
+                MC.edit_config(toy, bad_set, bad_unset)
+        # Absent MTP count: no MTP block in the schema (the extra compress_ratios entry is unused).
+        no_mtp = MC.edit_config(toy, [], ["num_nextn_predict_layers"])
+        names = [e[0] for e in MC.schema(no_mtp)]
+        self.assertFalse(any(n.startswith("mtp.") for n in names))
+        self.assertEqual(len(names), len(MC.schema(toy)) - 87)
+        # o_lora_rank 64 with o_groups 2: wo_a [128, 256], wo_b [256, 128]
+        sh = {e[0]: e[2] for e in MC.schema(MC.edit_config(toy, ["o_lora_rank=64"]))}
+        self.assertEqual(sh["layers.1.attn.wo_a.weight"], (128, 256))
+        self.assertEqual(sh["layers.1.attn.wo_b.weight"], (256, 128))
+        # index_head_dim 96 (not a power of two): indexer wq_b and compressor widths follow
+        sh = {e[0]: e[2] for e in MC.schema(MC.edit_config(toy, ["index_head_dim=96"]))}
+        self.assertEqual(sh["layers.1.attn.indexer.wq_b.weight"], (4 * 96, 128))
+        self.assertEqual(sh["layers.1.attn.indexer.compressor.ape"], (4, 192))
+
     def test_fast_mode_tables_match_exact_quantisation(self):
         std = 1.0 / math.sqrt(4096)
         code, sigma = MC._fast_scale(std, FM.E2M1_MAX, MC.FP4_BLOCK_AMAX)

@@ -639,6 +639,190 @@ TEST_CASE("loader: a checkpoint that does not match its config is a clear error"
     }
 }
 
+TEST_CASE("loader: every configuration the official code accepts parses (issue 13)") {
+    // The official inference code (model.py ModelArgs, kernel.py, convert.py) constrains these
+    // fields less than a first reading of the V4-Flash config suggests.
+    SUBCASE("num_nextn_predict_layers absent: 0 MTP blocks, the longer compress_ratios list is fine") {
+        const auto c = config_with([](json& j) { j.erase("num_nextn_predict_layers"); });
+        CHECK(c.num_nextn_predict_layers == 0);
+        CHECK(dsv4::block_count(c) == 4);
+        CHECK(c.compress_ratios == std::vector<uint32_t>{0, 4, 128, 4});
+        CHECK(c.compress_ratios_ignored == 1);
+        CHECK(dsv4::expected_tensor_count(c, true) == dsv4::expected_tensor_count(c, false));
+        // The toy checkpoint's mtp.0.* tensors are then extras, not a validation error.
+        const auto ck = dsv4::checkpoint::open(toy_dir());
+        const auto rep = dsv4::validate_checkpoint(c, ck);
+        CHECK(rep.mtp_blocks.empty());
+        CHECK(rep.extras.size() == 87);
+        for (const auto& e : rep.extras) CHECK(e.rfind("mtp.0.", 0) == 0);
+        // exactly as many ratios as main layers is fine too
+        const auto c2 = config_with([](json& j) {
+            j.erase("num_nextn_predict_layers");
+            j["compress_ratios"] = {0, 4, 128, 4};
+        });
+        CHECK(c2.compress_ratios_ignored == 0);
+        // unused trailing entries are not examined (the official code never reads them)
+        const auto c3 = config_with([](json& j) { j["compress_ratios"] = {0, 4, 128, 4, 0, 7, "x"}; });
+        CHECK(c3.compress_ratios == std::vector<uint32_t>{0, 4, 128, 4, 0});
+        CHECK(c3.compress_ratios_ignored == 2);
+        // but used ones are
+        expect_config_error([](json& j) { j.erase("num_nextn_predict_layers"); j["compress_ratios"] = {0, 4, 64, 4, 0}; },
+                            {"field 'compress_ratios[2]' = 64, expected 0, 4 or 128"});
+    }
+    SUBCASE("o_lora_rank: only o_groups * o_lora_rank must be a multiple of 128 (convert.py)") {
+        for (const auto& [groups, rank] : std::vector<std::pair<int, int>>{{2, 64}, {4, 32}, {1, 128}, {2, 192}}) {
+            CAPTURE(groups);
+            CAPTURE(rank);
+            const auto c = config_with([&](json& j) {
+                j["o_groups"] = groups;
+                j["o_lora_rank"] = rank;
+            });
+            CHECK(c.o_lora_rank == uint32_t(rank));
+            std::map<std::string, dsv4::tensor_spec> by;
+            dsv4::for_each_expected_tensor(c, true, [&](const dsv4::tensor_spec& s) { by.emplace(s.name, s); });
+            const uint64_t gr = uint64_t(groups) * uint64_t(rank), cols = 4 * 128 / uint64_t(groups);
+            CHECK(dsv4::to_string(by.at("layers.1.attn.wo_a.weight").shape) ==
+                  "[" + std::to_string(gr) + ", " + std::to_string(cols) + "]");
+            CHECK(dsv4::to_string(by.at("layers.1.attn.wo_a.scale").shape) ==
+                  "[" + std::to_string(gr / 128) + ", " + std::to_string(cols / 128) + "]");
+            CHECK(dsv4::to_string(by.at("layers.1.attn.wo_b.weight").shape) == "[256, " + std::to_string(gr) + "]");
+        }
+    }
+    SUBCASE("index_head_dim: a multiple of 32 from qk_rope_head_dim on, no power of two needed") {
+        for (int d : {64, 96, 128, 192, 256, 32768}) {
+            CAPTURE(d);
+            const auto c = config_with([&](json& j) { j["index_head_dim"] = d; });
+            CHECK(c.index_head_dim == uint32_t(d));
+        }
+        const auto c = config_with([](json& j) { j["index_head_dim"] = 96; });
+        std::map<std::string, dsv4::tensor_spec> by;
+        dsv4::for_each_expected_tensor(c, true, [&](const dsv4::tensor_spec& s) { by.emplace(s.name, s); });
+        CHECK(dsv4::to_string(by.at("layers.1.attn.indexer.wq_b.weight").shape) == "[384, 128]");
+        CHECK(dsv4::to_string(by.at("layers.1.attn.indexer.wq_b.scale").shape) == "[3, 1]");
+        CHECK(dsv4::to_string(by.at("layers.1.attn.indexer.compressor.ape").shape) == "[4, 192]");
+        CHECK(dsv4::to_string(by.at("layers.1.attn.indexer.compressor.norm.weight").shape) == "[96]");
+    }
+    SUBCASE("sliding_window: any positive value (the official window_size), exposed as given") {
+        for (int w : {1, 64, 100, 128, 256, 4096}) {
+            CAPTURE(w);
+            CHECK(config_with([&](json& j) { j["sliding_window"] = w; }).sliding_window == uint32_t(w));
+        }
+    }
+    SUBCASE("head_dim: a multiple of 64 with the nope part in KV FP8 blocks, not necessarily of 128") {
+        const auto c = config_with([](json& j) { j["head_dim"] = 192; });
+        CHECK(c.head_dim == 192);
+        std::map<std::string, dsv4::tensor_spec> by;
+        dsv4::for_each_expected_tensor(c, true, [&](const dsv4::tensor_spec& s) { by.emplace(s.name, s); });
+        CHECK(dsv4::to_string(by.at("layers.0.attn.wkv.weight").shape) == "[192, 256]");
+        CHECK(dsv4::to_string(by.at("layers.0.attn.wkv.scale").shape) == "[2, 2]");
+        CHECK(dsv4::to_string(by.at("layers.0.attn.wo_a.weight").shape) == "[256, 384]");
+    }
+}
+
+TEST_CASE("loader: the V4-Pro config loads and implies its checkpoint schema") {
+    // Root config.json of deepseek-ai/DeepSeek-V4-Pro as published (copied verbatim in
+    // github.com/Nicooo-Wang/DeepSeek-V4-Pro-code @ 0ec3a03; reference/make_checkpoint.py
+    // --preset v4-pro --config-only writes the same values). Nobody here holds its weights:
+    // the schema is checked against numbers derived from the architecture.
+    const std::string pro = R"({
+      "architectures": ["DeepseekV4ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+      "bos_token_id": 0, "eos_token_id": 1, "expert_dtype": "fp4", "hc_eps": 1e-06, "hc_mult": 4,
+      "hc_sinkhorn_iters": 20, "head_dim": 512, "hidden_act": "silu", "hidden_size": 7168,
+      "index_head_dim": 128, "index_n_heads": 64, "index_topk": 1024, "initializer_range": 0.02,
+      "max_position_embeddings": 1048576, "model_type": "deepseek_v4", "moe_intermediate_size": 3072,
+      "n_routed_experts": 384, "n_shared_experts": 1, "norm_topk_prob": true, "num_attention_heads": 128,
+      "num_experts_per_tok": 6, "num_hidden_layers": 61, "num_hash_layers": 3, "num_key_value_heads": 1,
+      "num_nextn_predict_layers": 1, "o_groups": 16, "o_lora_rank": 1024, "q_lora_rank": 1536,
+      "qk_rope_head_dim": 64,
+      "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                              "scale_fmt": "ue8m0", "weight_block_size": [128, 128]},
+      "rms_norm_eps": 1e-06,
+      "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 16,
+                       "original_max_position_embeddings": 65536, "type": "yarn"},
+      "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sqrtsoftplus",
+      "sliding_window": 128, "swiglu_limit": 10.0, "tie_word_embeddings": false, "topk_method": "noaux_tc",
+      "torch_dtype": "bfloat16", "transformers_version": "4.57.1", "use_cache": true, "vocab_size": 129280,
+      "compress_rope_theta": 160000,
+      "compress_ratios": [128, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128,
+                          4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128,
+                          4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128,
+                          4, 0]
+    })";
+    const auto c = dsv4::parse_model_config(pro, "V4-Pro/config.json");
+    CHECK(c.hidden_size == 7168);
+    CHECK(c.num_hidden_layers == 61);
+    CHECK(c.num_nextn_predict_layers == 1);
+    CHECK(c.num_attention_heads == 128);
+    CHECK(c.q_lora_rank == 1536);
+    CHECK(c.o_groups == 16);
+    CHECK(c.o_lora_rank == 1024);
+    CHECK(c.index_topk == 1024);
+    CHECK(c.moe_intermediate_size == 3072);
+    CHECK(c.n_routed_experts == 384);
+    CHECK(c.routed_scaling_factor == 2.5);
+    CHECK(c.compress_ratios.size() == 62);
+    CHECK(c.compress_ratios_ignored == 0);
+    CHECK(dsv4::block_ratio(c, 0) == 128);
+    CHECK(dsv4::block_ratio(c, 60) == 4);
+    CHECK(dsv4::block_ratio(c, 61) == 0);  // MTP
+    // Per block (E = 384 experts, 6 tensors each): norms + hc 8, attention 13, gate 2,
+    // experts 2304, shared 6 = 2333; + compressor 4 (ratio 128) or + compressor 4 + indexer 7
+    // (ratio 4); MTP (ratio 0) + 10. Layers: 30 of ratio 4, 31 of ratio 128 (0 and 1 among them).
+    const uint64_t want_n = 6 + 30 * 2344 + 31 * 2337 + 2343;
+    CHECK(want_n == 145116);
+    CHECK(dsv4::expected_tensor_count(c) == want_n);
+    CHECK(dsv4::expected_tensor_count(c, false) == want_n - 2343);
+    std::map<int, uint64_t> per_block;
+    std::map<std::string, dsv4::tensor_spec> by_name;
+    uint64_t bytes = 0, n = 0, expert_bytes = 0;
+    dsv4::for_each_expected_tensor(c, true, [&](const dsv4::tensor_spec& s) {
+        ++n;
+        ++per_block[s.block];
+        const uint64_t b = dsv4::numel(s.shape) * dsv4::dtype_size(s.type);
+        bytes += b;
+        if (s.name.find(".ffn.experts.") != std::string::npos) expert_bytes += b;
+        CHECK(by_name.emplace(s.name, s).second);
+    });
+    CHECK(n == want_n);
+    // Routed experts: 62 blocks x 384 experts x 3 matrices of 7168 x 3072 FP4 (half a byte
+    // each) plus one E8M0 scale per 32.
+    CHECK(expert_bytes == 62ull * 384 * 3 * (7168ull * 3072 / 2 + 7168ull * 3072 / 32));
+    CHECK(bytes == 864704792696ull);  // = reference/make_checkpoint.py schema(v4-pro), written independently
+    CHECK(per_block[-1] == 6);
+    CHECK(per_block[0] == 2337);   // ratio 128, hash
+    CHECK(per_block[2] == 2344);   // ratio 4, hash
+    CHECK(per_block[3] == 2337);   // ratio 128
+    CHECK(per_block[61] == 2343);  // MTP
+    auto shape_of = [&](const std::string& name) { return dsv4::to_string(by_name.at(name).shape); };
+    CHECK(shape_of("embed.weight") == "[129280, 7168]");
+    CHECK(shape_of("layers.0.ffn.gate.tid2eid") == "[129280, 6]");
+    CHECK(shape_of("layers.2.ffn.gate.tid2eid") == "[129280, 6]");
+    CHECK(by_name.count("layers.3.ffn.gate.tid2eid") == 0);
+    CHECK(shape_of("layers.0.attn.compressor.ape") == "[128, 512]");
+    CHECK(by_name.count("layers.0.attn.indexer.wq_b.weight") == 0);
+    CHECK(shape_of("layers.2.attn.compressor.ape") == "[4, 1024]");
+    CHECK(shape_of("layers.2.attn.indexer.wq_b.weight") == "[8192, 1536]");
+    CHECK(shape_of("layers.5.attn.wq_a.scale") == "[12, 56]");
+    CHECK(shape_of("layers.5.attn.wq_b.weight") == "[65536, 1536]");
+    CHECK(shape_of("layers.5.attn.wo_a.weight") == "[16384, 4096]");
+    CHECK(shape_of("layers.5.attn.wo_b.scale") == "[56, 128]");
+    CHECK(shape_of("layers.5.attn.attn_sink") == "[128]");
+    CHECK(shape_of("layers.60.ffn.experts.383.w2.weight") == "[7168, 1536]");
+    CHECK(shape_of("layers.60.ffn.experts.383.w1.scale") == "[3072, 224]");
+    CHECK(shape_of("layers.60.ffn.shared_experts.w2.scale") == "[56, 24]");
+    CHECK(shape_of("layers.60.hc_ffn_fn") == "[24, 28672]");
+    CHECK(shape_of("mtp.0.e_proj.weight") == "[7168, 7168]");
+    CHECK(shape_of("mtp.0.ffn.gate.bias") == "[384]");
+    CHECK(by_name.count("mtp.0.attn.compressor.ape") == 0);
+    // Also as the inference/ config reads it without the MTP count: 61 blocks, no MTP tensors.
+    json j = json::parse(pro);
+    j.erase("num_nextn_predict_layers");
+    const auto c0 = dsv4::parse_model_config(j.dump(), "V4-Pro/config.json");
+    CHECK(dsv4::block_count(c0) == 61);
+    CHECK(c0.compress_ratios_ignored == 1);
+    CHECK(dsv4::expected_tensor_count(c0) == want_n - 2343);
+}
+
 TEST_CASE("loader: config.json fields missing, mistyped or inconsistent are clear errors") {
     expect_config_error([](json& j) { j.erase("hidden_size"); }, {"edited/config.json", "field 'hidden_size' is missing"});
     expect_config_error([](json& j) { j["hidden_size"] = nullptr; }, {"field 'hidden_size' is missing"});
@@ -664,8 +848,20 @@ TEST_CASE("loader: config.json fields missing, mistyped or inconsistent are clea
                         {"field 'num_experts_per_tok' = 9 exceeds n_routed_experts = 8"});
     expect_config_error([](json& j) { j["num_hash_layers"] = 5; }, {"field 'num_hash_layers' = 5 exceeds"});
     expect_config_error([](json& j) { j["num_key_value_heads"] = 8; }, {"field 'num_key_value_heads' = 8"});
-    expect_config_error([](json& j) { j["index_head_dim"] = 96; }, {"field 'index_head_dim' = 96", "power of two"});
+    expect_config_error([](json& j) { j["index_head_dim"] = 80; }, {"field 'index_head_dim' = 80", "multiple of 32"});
+    expect_config_error([](json& j) { j["index_head_dim"] = 32; },
+                        {"field 'index_head_dim' = 32 is below qk_rope_head_dim = 64"});
+    expect_config_error([](json& j) { j["index_head_dim"] = 65536; }, {"field 'index_head_dim' = 65536 is outside"});
     expect_config_error([](json& j) { j["moe_intermediate_size"] = 48; }, {"field 'moe_intermediate_size'"});
+    expect_config_error([](json& j) { j["moe_intermediate_size"] = 96; },
+                        {"field 'moe_intermediate_size' gives 96, not a multiple of 128", "act_quant"});
+    expect_config_error([](json& j) { j["o_lora_rank"] = 96; },
+                        {"field 'o_lora_rank' gives 192, not a multiple of 128", "o_groups * o_lora_rank"});
+    expect_config_error([](json& j) { j["sliding_window"] = 0; }, {"field 'sliding_window' = 0 is outside"});
+    expect_config_error([](json& j) { j["num_nextn_predict_layers"] = -1; }, {"field 'num_nextn_predict_layers'", "< 0"});
+    expect_config_error([](json& j) { j["num_nextn_predict_layers"] = "1"; }, {"field 'num_nextn_predict_layers' is a string"});
+    expect_config_error([](json& j) { j["head_dim"] = 192; j["o_groups"] = 4; },
+                        {"field 'num_attention_heads' gives 192, not a multiple of 128", "wo_a"});
     expect_config_error([](json& j) { j["scoring_func"] = "softmax"; }, {"field 'scoring_func'", "sqrtsoftplus"});
     expect_config_error([](json& j) { j["rope_scaling"]["type"] = "linear"; }, {"field 'rope_scaling.type'", "yarn"});
     expect_config_error([](json& j) { j["rope_scaling"].erase("factor"); }, {"field 'rope_scaling.factor' is missing"});

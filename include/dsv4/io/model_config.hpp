@@ -42,7 +42,7 @@ struct model_config {
     uint32_t vocab_size = 0;
     uint32_t hidden_size = 0;
     uint32_t num_hidden_layers = 0;
-    uint32_t num_nextn_predict_layers = 0;  ///< MTP blocks after the main layers
+    uint32_t num_nextn_predict_layers = 0;  ///< MTP blocks after the main layers (absent: 0)
     uint32_t num_attention_heads = 0;
     uint32_t num_key_value_heads = 1;       ///< must be 1 (one shared KV head, MQA)
     uint32_t head_dim = 0;
@@ -50,10 +50,12 @@ struct model_config {
     uint32_t q_lora_rank = 0;
     uint32_t o_groups = 0;
     uint32_t o_lora_rank = 0;
-    uint32_t sliding_window = 0;
+    uint32_t sliding_window = 0;            ///< window of every layer (official window_size); any >= 1
     /// Per block: main layers then MTP blocks (length num_hidden_layers + num_nextn_predict_layers);
-    /// each 0 (window only), 4 (overlapping compressor + indexer) or 128.
+    /// each 0 (window only), 4 (overlapping compressor + indexer) or 128. Entries of the file's
+    /// list beyond these blocks are ignored (the official code reads compress_ratios[layer_id] only).
     std::vector<uint32_t> compress_ratios;
+    uint32_t compress_ratios_ignored = 0;   ///< trailing entries of the file's list no block uses
     uint32_t index_n_heads = 0;
     uint32_t index_head_dim = 0;
     uint32_t index_topk = 0;
@@ -154,18 +156,35 @@ private:
 }  // namespace detail
 
 /// Parses and validates the text of a config.json; `source` names it in errors.
+/// Accepts what the official inference code (inference/model.py ModelArgs, kernel.py,
+/// convert.py) accepts, within the limits of this library's formats; every refusal names
+/// the field and the reason.
 /// Required: every field of model_config except those documented as optional below.
-/// Optional: num_key_value_heads (must be 1), qk_nope_head_dim (must equal head_dim -
-/// qk_rope_head_dim), rope_scaling (null/absent: no YaRN; else type "yarn" with factor,
-/// original_max_position_embeddings, beta_fast, beta_slow), expert_dtype ("fp4" default,
-/// "fp8"), norm_topk_prob, topk_method ("noaux_tc"), tie_word_embeddings (must be false),
-/// model_type ("deepseek_v4"), quantization_config (fp8 e4m3, ue8m0, 128x128 blocks),
-/// bos/eos_token_id (< vocab_size). Unknown fields are ignored.
-/// Consistency: compress_ratios has num_hidden_layers + num_nextn_predict_layers entries
-/// in {0, 4, 128}; qk_rope_head_dim even and < head_dim with the nope part a multiple of
-/// 64; heads divisible by o_groups; every FP8 matrix dimension a multiple of 128 and every
-/// FP4 K a multiple of 32; index_head_dim a power of two above the rope dims;
-/// num_experts_per_tok <= n_routed_experts; num_hash_layers <= num_hidden_layers.
+/// Optional: num_nextn_predict_layers (default 0: no MTP block; the official code never
+/// reads it, and mtp.* tensors are then extras), num_key_value_heads (must be 1),
+/// qk_nope_head_dim (must equal head_dim - qk_rope_head_dim), rope_scaling (null/absent: no
+/// YaRN; else type "yarn" with factor, original_max_position_embeddings, beta_fast,
+/// beta_slow), expert_dtype ("fp4" default, "fp8"), norm_topk_prob, topk_method
+/// ("noaux_tc"), tie_word_embeddings (must be false), model_type ("deepseek_v4"),
+/// quantization_config (fp8 e4m3, ue8m0, 128x128 blocks), bos/eos_token_id (< vocab_size).
+/// Unknown fields are ignored.
+/// Consistency (official source of each rule in parentheses):
+/// * compress_ratios has at least num_hidden_layers + num_nextn_predict_layers entries, the
+///   used ones in {0, 4, 128} (the library's compressors); extra trailing entries are ignored;
+/// * qk_rope_head_dim even (RoPE pairs) and < head_dim; head_dim - qk_rope_head_dim a multiple
+///   of 64 (act_quant of the KV nope dims in blocks of 64);
+/// * o_groups divides num_attention_heads; num_attention_heads * head_dim / o_groups and
+///   o_groups * o_lora_rank multiples of 128 (convert.py splits wo_a into 128x128 blocks;
+///   wo_b's input goes through act_quant(., 128)); o_lora_rank itself is free;
+/// * hidden_size, q_lora_rank and moe_intermediate_size multiples of 128 (inputs of FP8/FP4
+///   linears go through act_quant(., 128), kernel.py asserts N % 128 == 0);
+/// * index_head_dim a multiple of 32 (FP4 simulation blocks), in [qk_rope_head_dim, 32768]
+///   (RoPE on its last qk_rope_head_dim dims; the Hadamard transform pads to the next power
+///   of two, up to 32768);
+/// * num_experts_per_tok <= n_routed_experts; num_hash_layers <= num_hidden_layers;
+/// * sliding_window any value >= 1 (official window_size).
+/// What the forward additionally requires (e.g. sliding_window, index_head_dim, hc_mult) is
+/// checked when a model is opened (model/forward), not here.
 inline model_config parse_model_config(std::string_view json_text, std::string_view source) {
     const std::string src(source);
     const nlohmann::json j = detail::parse_json_strict(json_text, src);
@@ -181,7 +200,8 @@ inline model_config parse_model_config(std::string_view json_text, std::string_v
     c.vocab_size = r.u32("vocab_size", 1, uint64_t(1) << 24);
     c.hidden_size = r.u32("hidden_size", 1, dim_max);
     c.num_hidden_layers = r.u32("num_hidden_layers", 1, 1024);
-    c.num_nextn_predict_layers = r.u32("num_nextn_predict_layers", 0, 16);
+    if (const auto* v = r.get(j, "num_nextn_predict_layers", "num_nextn_predict_layers", false))
+        c.num_nextn_predict_layers = uint32_t(r.u64(*v, "num_nextn_predict_layers", 0, 16));
     c.num_attention_heads = r.u32("num_attention_heads", 1, count_max);
     if (const auto* v = r.get(j, "num_key_value_heads", "num_key_value_heads", false))
         c.num_key_value_heads = uint32_t(r.u64(*v, "num_key_value_heads", 1, 1));
@@ -192,7 +212,7 @@ inline model_config parse_model_config(std::string_view json_text, std::string_v
     c.o_lora_rank = r.u32("o_lora_rank", 1, dim_max);
     c.sliding_window = r.u32("sliding_window", 1, dim_max);
     c.index_n_heads = r.u32("index_n_heads", 1, count_max);
-    c.index_head_dim = r.u32("index_head_dim", 1, 65536);
+    c.index_head_dim = r.u32("index_head_dim", 1, 32768);
     c.index_topk = r.u32("index_topk", 1, dim_max);
     c.moe_intermediate_size = r.u32("moe_intermediate_size", 1, dim_max);
     c.n_routed_experts = r.u32("n_routed_experts", 1, count_max);
@@ -253,21 +273,25 @@ inline model_config parse_model_config(std::string_view json_text, std::string_v
                 r.fail("quantization_config.weight_block_size", "= " + v->dump() + ", expected [128, 128]");
     }
 
-    // compress_ratios: one per main layer and per MTP block.
+    // compress_ratios: one per main layer and per MTP block; the official code indexes it by
+    // layer id, so a longer list is fine (e.g. the published 44 entries with the MTP count absent).
     {
         const auto* cr = r.get(j, "compress_ratios", "compress_ratios", true);
         if (!cr->is_array()) r.fail("compress_ratios", std::string("is ") + detail::json_type_name(*cr) + ", expected an array");
         const std::size_t want = std::size_t(c.num_hidden_layers) + c.num_nextn_predict_layers;
-        if (cr->size() != want)
+        if (cr->size() < want)
             r.fail("compress_ratios", "has " + std::to_string(cr->size()) + " entries, but num_hidden_layers (" +
                                           std::to_string(c.num_hidden_layers) + ") + num_nextn_predict_layers (" +
-                                          std::to_string(c.num_nextn_predict_layers) + ") = " + std::to_string(want));
-        for (std::size_t i = 0; i < cr->size(); ++i) {
+                                          std::to_string(c.num_nextn_predict_layers) + ") = " + std::to_string(want) +
+                                          " blocks need one each");
+        for (std::size_t i = 0; i < want; ++i) {
             const std::string f = "compress_ratios[" + std::to_string(i) + "]";
             const uint64_t v = r.u64((*cr)[i], f, 0, 128);
-            if (v != 0 && v != 4 && v != 128) r.fail(f, "= " + std::to_string(v) + ", expected 0, 4 or 128");
+            if (v != 0 && v != 4 && v != 128)
+                r.fail(f, "= " + std::to_string(v) + ", expected 0, 4 or 128 (the compressors this library implements)");
             c.compress_ratios.push_back(uint32_t(v));
         }
+        c.compress_ratios_ignored = uint32_t(cr->size() - want);
     }
 
     // Consistency between fields (what the kernels and the tensor shapes rely on).
@@ -287,21 +311,20 @@ inline model_config parse_model_config(std::string_view json_text, std::string_v
     if (c.num_attention_heads % c.o_groups != 0)
         r.fail("o_groups", "= " + std::to_string(c.o_groups) + " does not divide num_attention_heads = " +
                                std::to_string(c.num_attention_heads));
-    multiple("hidden_size", c.hidden_size, 128, "FP8 weight blocks");
-    multiple("q_lora_rank", c.q_lora_rank, 128, "FP8 weight blocks");
-    multiple("head_dim", c.head_dim, 128, "FP8 weight blocks of wkv");
-    multiple("o_lora_rank", c.o_lora_rank, 128, "FP8 weight blocks of wo_a");
+    multiple("hidden_size", c.hidden_size, 128, "the input of every FP8 linear is act_quant'ed in blocks of 128");
+    multiple("q_lora_rank", c.q_lora_rank, 128, "the input of wq_b is act_quant'ed in blocks of 128");
     multiple("num_attention_heads", uint64_t(c.num_attention_heads) * c.head_dim / c.o_groups, 128,
-             "num_attention_heads * head_dim / o_groups: FP8 weight blocks of wo_a");
-    multiple("index_n_heads", uint64_t(c.index_n_heads) * c.index_head_dim, 128,
-             "index_n_heads * index_head_dim: FP8 weight blocks of indexer.wq_b");
-    if ((c.index_head_dim & (c.index_head_dim - 1)) != 0 || c.index_head_dim <= c.qk_rope_head_dim || c.index_head_dim < 32)
+             "num_attention_heads * head_dim / o_groups: 128x128 FP8 blocks of wo_a's columns (convert.py)");
+    multiple("o_lora_rank", uint64_t(c.o_groups) * c.o_lora_rank, 128,
+             "o_groups * o_lora_rank: 128x128 FP8 blocks of wo_a's rows (convert.py) and wo_b's act_quant'ed input");
+    if (c.index_head_dim % 32 != 0)
         r.fail("index_head_dim", "= " + std::to_string(c.index_head_dim) +
-                                     " must be a power of two (Hadamard), at least 32 and above qk_rope_head_dim");
-    multiple("moe_intermediate_size", uint64_t(c.moe_intermediate_size) * c.n_shared_experts, 128,
-             "n_shared_experts * moe_intermediate_size: FP8 weight blocks of the shared expert");
-    multiple("moe_intermediate_size", c.moe_intermediate_size, c.expert_dtype == expert_format::fp4 ? 32 : 128,
-             c.expert_dtype == expert_format::fp4 ? "FP4 scale blocks of w2" : "FP8 weight blocks of the experts");
+                                     " is not a multiple of 32 (FP4 simulation blocks of the indexer q and keys)");
+    if (c.index_head_dim < c.qk_rope_head_dim)
+        r.fail("index_head_dim", "= " + std::to_string(c.index_head_dim) + " is below qk_rope_head_dim = " +
+                                     std::to_string(c.qk_rope_head_dim) + " (RoPE on its last qk_rope_head_dim dims)");
+    multiple("moe_intermediate_size", c.moe_intermediate_size, 128,
+             "the input of every expert's w2 is act_quant'ed in blocks of 128");
     if (c.num_experts_per_tok > c.n_routed_experts)
         r.fail("num_experts_per_tok", "= " + std::to_string(c.num_experts_per_tok) + " exceeds n_routed_experts = " +
                                           std::to_string(c.n_routed_experts));
