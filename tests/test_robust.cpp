@@ -658,7 +658,7 @@ TEST_CASE("robust: attention preconditions") {
         {"rows", [&] { dsv4::sparse_attention_rows(a, 1, 3, 0, 4, ws, wsb); }, {"dsv4::sparse_attention_rows", "row range"}},
         {"heads range", [&] { dsv4::sparse_attention_rows(a, 0, 1, 2, 2, ws, wsb); }, {"dsv4::sparse_attention_rows", "head range"}},
         {"parallel scratch", [&] { dsv4::sparse_attention_parallel(a, ws, 16); }, {"dsv4::sparse_attention_parallel", "scratch"}},
-        {"window stride", [&] { dsv4::window_indices_prefill(4, b.i32.data(), 64); }, {"dsv4::window_indices_prefill", "idx_stride"}},
+        {"window stride", [&] { dsv4::window_indices_prefill(4, b.i32.data(), 3); }, {"dsv4::window_indices_prefill", "idx_stride"}},
         {"window position", [&] { dsv4::window_indices_decode(-1, b.i32.data()); }, {"dsv4::window_indices_decode", "negative"}},
         {"compressed ratio", [&] { dsv4::compressed_indices_prefill(8, 0, 8, b.i32.data(), 8); },
          {"dsv4::compressed_indices_prefill", "ratio"}},

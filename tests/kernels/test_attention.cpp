@@ -20,9 +20,13 @@ using namespace attention_test;
 
 TEST_CASE("index lists: window and compressed lists equal the goldens exactly") {
     for (std::size_t S : {1, 5, 128, 129, 300}) {
-        const auto want = golden("attention", "window_prefill_S" + std::to_string(S)).get<int32_t>("idx");
-        std::vector<int32_t> got(S * 128, 7);
-        dsv4::window_indices_prefill(S, got.data(), 128);
+        // official layout: exactly min(S, 128) columns (no padding to 128)
+        golden g("attention", "window_prefill_S" + std::to_string(S));
+        const auto want = g.get<int32_t>("idx");
+        const std::size_t w = std::min<std::size_t>(S, 128);
+        REQUIRE(g.shape("idx")[1] == w);
+        std::vector<int32_t> got(S * w, 7);
+        dsv4::window_indices_prefill(S, got.data(), w);
         CAPTURE(S);
         CHECK(got == want);
     }
@@ -58,6 +62,21 @@ TEST_CASE("index lists: window and compressed lists equal the goldens exactly") 
         dsv4::attention_indices_prefill(S, 128, got.data(), L);
         CAPTURE(name);
         CHECK(got == want);
+    }
+    // the official prefill layout pinned: S < 128 with compressed entries (ratio-128 lists need
+    // S >= 128, so a window of 64): row t = [window (min(S, W) columns) | compressed], no gap
+    for (std::size_t S : {20, 130}) {
+        const std::size_t W = 64, w = std::min(S, W), n = S / 128, L = dsv4::attention_indices_prefill_width(S, 128, W);
+        REQUIRE(L == w + n);
+        std::vector<int32_t> got(S * L, 7);
+        dsv4::attention_indices_prefill(S, 128, got.data(), L, W);
+        for (std::size_t t = 0; t < S; ++t) {
+            const std::size_t lo = t + 1 > W ? t + 1 - W : 0;
+            for (std::size_t j = 0; j < w; ++j)
+                CHECK(got[t * L + j] == (lo + j <= t ? int32_t(lo + j) : -1));
+            for (std::size_t i = 0; i < n; ++i)
+                CHECK(got[t * L + w + i] == (i < (t + 1) / 128 ? int32_t(S + i) : -1));
+        }
     }
     int32_t buf[128 + 8];
     CHECK(dsv4::attention_indices_decode(1000, 128, buf) == 128 + 7);

@@ -209,6 +209,76 @@ TEST_CASE("forward: prefill(N) + decode(k) == prefill(N + k) at the last positio
     }
 }
 
+TEST_CASE("forward: extend and prefill_chunked equal token-by-token decode, bit for bit") {
+    // 300 tokens cross the window (128), ratio-4 boundaries, both ratio-128 boundaries (128,
+    // 256), and the indexer's top-8 beyond its width. (Best tier only, as ctest forward.extend:
+    // the kernels' tiers are the family tests' business; this checks the orchestration.) Each extend call must give exactly the
+    // logits of the decode step at its last position; prefill_chunked(c) exactly those of
+    // prefill(first c) + decode of the rest (spec §10.3 item 12: chunked prefill vs decode).
+    const auto& m = toy();
+    const std::size_t V = m.vocab(), N = 300, P0 = 5;
+    std::vector<int64_t> ids(N);
+    uint64_t z = 12345;
+    for (auto& id : ids) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        id = int64_t((z >> 33) % V);
+    }
+    auto decode_all = [&](std::size_t first) {  // prefill(first) + decode: logits at every position
+        std::vector<float> lg(N * V);
+        auto s = m.new_sequence();
+        m.prefill(s, ids.data(), first, lg.data() + (first - 1) * V);
+        for (std::size_t p = first; p < N; ++p) m.decode(s, ids[p], lg.data() + p * V);
+        return lg;
+    };
+    const auto ref = decode_all(P0);
+    std::vector<float> lg(V), after(V), next(V);
+    {  // the decoded sequence's next step, to compare the state each extend run leaves
+        auto t = m.new_sequence();
+        m.prefill(t, ids.data(), P0, lg.data());
+        for (std::size_t p = P0; p < N; ++p) m.decode(t, ids[p], lg.data());
+        m.decode(t, 3, after.data());
+    }
+    for (std::size_t c : {1, 3, 64, 127, 128, 129, 512}) {
+        CAPTURE(c);
+        auto s = m.new_sequence();
+        m.prefill(s, ids.data(), P0, lg.data());
+        std::size_t bad = 0;
+        for (std::size_t a = P0; a < N; a += c) {
+            const std::size_t len = std::min(c, N - a);
+            m.extend(s, ids.data() + a, len, lg.data());
+            REQUIRE(s.pos == int64_t(a + len));
+            bad += !std::equal(lg.begin(), lg.end(), ref.begin() + std::ptrdiff_t((a + len - 1) * V),
+                               [](float x, float y) { return same_float(x, y); });
+        }
+        CHECK(bad == 0);
+        // and the sequence goes on decoding exactly as the decoded one
+        m.decode(s, 3, next.data());
+        CHECK(std::equal(next.begin(), next.end(), after.begin(), [](float x, float y) { return same_float(x, y); }));
+    }
+    for (std::size_t c : {64, 129}) {
+        CAPTURE(c);
+        const auto want = decode_all(c);
+        auto s = m.new_sequence();
+        m.prefill_chunked(s, ids.data(), N, c, lg.data());
+        CHECK(s.pos == int64_t(N));
+        CHECK(std::equal(lg.begin(), lg.end(), want.begin() + std::ptrdiff_t((N - 1) * V),
+                         [](float x, float y) { return same_float(x, y); }));
+    }
+    // extend on a fresh sequence is prefill; bad calls are errors that name the call
+    auto s = m.new_sequence();
+    std::vector<float> a(V), b(V);
+    m.extend(s, ids.data(), 7, a.data());
+    auto s2 = m.new_sequence();
+    m.prefill(s2, ids.data(), 7, b.data());
+    CHECK(std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) { return same_float(x, y); }));
+    CHECK_THROWS_WITH_AS(m.extend(s, ids.data(), 0, a.data()), doctest::Contains("dsv4::model::extend"), dsv4::error);
+    CHECK_THROWS_WITH_AS(m.prefill_chunked(s, ids.data(), 9, 0, a.data()), doctest::Contains("chunk"), dsv4::error);
+    auto small = dsv4::model::open(toy_dir(), [] { dsv4::forward_options o; o.max_context = 16; return o; }());
+    auto ss = small.new_sequence();
+    small.prefill(ss, ids.data(), 10, a.data());
+    CHECK_THROWS_WITH_AS(small.extend(ss, ids.data(), 7, a.data()), doctest::Contains("capacity"), dsv4::error);
+}
+
 TEST_CASE("forward: sequences do not share or leak state") {
     const auto& m = toy();
     const std::size_t V = m.vocab();

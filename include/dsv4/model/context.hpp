@@ -63,6 +63,9 @@ inline void init_model_context(model_context& m) {
     if (c.head_dim % 64) unsupported("head_dim " + std::to_string(c.head_dim));
     if (c.index_head_dim != index_head_dim) unsupported("index_head_dim " + std::to_string(c.index_head_dim));
     if (c.hidden_size % 128 || c.moe_intermediate_size % 128) unsupported("hidden/moe sizes not multiples of 128");
+    if (c.o_groups > 1 && c.o_lora_rank % 128)  // grouped wo_a: each group's rows whole 128-row scale blocks
+        unsupported("o_lora_rank " + std::to_string(c.o_lora_rank) + " with " + std::to_string(c.o_groups) +
+                    " output groups (a group's wo_a rows must be a multiple of 128)");
     m.D = c.hidden_size;
     m.H = c.num_attention_heads;
     m.hd = c.head_dim;
