@@ -3,7 +3,7 @@
 //
 //   dsv4-generate --model DIR (--prompt-ids 0,5,17 | --prompt-file F) [--max-new-tokens N]
 //                 [--temperature T] [--top-p P] [--seed S] [--threads N] [--revision current|initial]
-//                 [--numerics reference|fast] [--ignore-eos]
+//                 [--numerics reference|fast] [--chunk N] [--ignore-eos]
 //                 [--verify]
 //   dsv4-generate --model DIR --verify
 //
@@ -50,10 +50,12 @@ void usage(FILE* f) {
                  "usage: dsv4-generate --model DIR (--prompt-ids ID,ID,... | --prompt-file FILE)\n"
                  "                     [--max-new-tokens N=16] [--temperature T=0 (greedy)] [--top-p P=1]\n"
                  "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
-                 "                     [--max-context N] [--numerics reference|fast] [--ignore-eos] [--verify]\n"
+                 "                     [--max-context N] [--numerics reference|fast] [--chunk N=0]\n"
+                 "                     [--ignore-eos] [--verify]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
-                 "the routed experts on int8 activations.\n"
+                 "the routed experts on int8 activations. --chunk N prefills the prompt in pieces of N tokens\n"
+                 "(memory bounded by N; 0 = one piece, the official prefill).\n"
                  "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
                  "errors (exit 1 if any); without a prompt it verifies and exits.\n"
                  "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni|avx512_bf16 forces a kernel tier.\n");
@@ -129,7 +131,7 @@ double peak_rss_mib() {
 
 int run(int argc, char** argv) {
     std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference";
-    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0;
+    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0;
     double temperature = 0.0, top_p = 1.0;
     bool verify_bytes = false, ignore_eos = false;
     for (int i = 1; i < argc; ++i) {
@@ -155,6 +157,7 @@ int run(int argc, char** argv) {
         else if (a == "--revision") revision = v;
         else if (a == "--numerics") numerics = v;
         else if (a == "--max-context") max_ctx = count(a, v);
+        else if (a == "--chunk") chunk = count(a, v);
         else throw usage_error("unknown option " + a);
     }
     if (model_dir.empty()) throw usage_error("--model DIR is required");
@@ -214,7 +217,8 @@ int run(int argc, char** argv) {
     dsv4::sequence_state s = m.new_sequence();
     std::vector<float> logits(V);
     const auto t1 = clock::now();
-    m.prefill(s, prompt.data(), prompt.size(), logits.data());
+    if (chunk) m.prefill_chunked(s, prompt.data(), prompt.size(), chunk, logits.data());
+    else m.prefill(s, prompt.data(), prompt.size(), logits.data());
     const double prefill_s = std::chrono::duration<double>(clock::now() - t1).count();
 
     std::printf("generated:");
@@ -237,8 +241,9 @@ int run(int argc, char** argv) {
     }
     std::printf("\n");
     const auto mem = m.weights().memory();
-    std::printf("load %.3f s | prefill %zu tokens %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.1f tokens/s\n",
-                load_s, prompt.size(), prefill_s, double(prompt.size()) / prefill_s, (unsigned long long)decoded,
+    std::printf("load %.3f s | prefill %zu tokens%s %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.1f tokens/s\n",
+                load_s, prompt.size(), chunk ? (" (chunks of " + std::to_string(chunk) + ")").c_str() : "", prefill_s,
+                double(prompt.size()) / prefill_s, (unsigned long long)decoded,
                 decode_s, decoded ? double(decoded) / decode_s : 0.0);
     std::printf("peak RSS %.1f MiB | mapped %.1f MiB in %zu files", peak_rss_mib(), double(mem.bytes_mapped) / 1048576.0,
                 mem.files);
