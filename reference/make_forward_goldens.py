@@ -20,7 +20,15 @@ Cases (V = vocab, L = layers, k = experts per token, K = index_topk, D = hidden 
   (lowest id on ties), row j>0 = logits after decoding tokens[j-1].
 * ``prefill_S130_initial``: as prefill_S130 with the *initial* official revision (KV FP8
   simulation off, shared expert unclamped; spec §10.1). ``revision`` says which (1 = current).
-Every case also holds, per returned logits row: ``margin`` f32 (top1 - top2 logit),
+* ``mtp_S{7,126,130}_steps{4,6,2}`` (checkpoints with an MTP block, dsv4_ref/mtp.py): the main model
+  prefills ids[:P] (``prompt_len`` = P) and decodes ids[P..P+n) teacher-forced; the MTP block
+  prefills (H[0..P), ids[1..P+1)) and then decodes (H[P+j], ids[P+j+1]) at position P+j.
+  ``ids`` i64[P+n+1]; ``H`` u16[P+n,4,D] the main model's final streams (bf16 bits, before hc_head:
+  the MTP input, so a port can test the block alone); ``mtp_in`` u16[P+n,4,D] the block's input
+  streams e_proj(enorm(embed)) + h_proj(hnorm(H)); ``mtp_out`` u16[1+n,4,D] its output streams at
+  the last position of each call; ``logits`` f32[1+n,V] (row 0: the prefill), ``margin``.
+  P = 126 puts the decode steps across the 128-slot ring wrap, P = 130 the prefill past it.
+These cases carry no other diagnostics. Every other case also holds, per returned logits row: ``margin`` f32 (top1 - top2 logit),
 ``final_norm`` u16[.,D] (bf16 bits of the final RMSNorm output), ``layer_out`` u16[.,L,4,D]
 (bf16 residual streams after each block, last position), ``moe_idx`` i32[.,L,k] /
 ``moe_w`` f32[.,L,k] (routing of the last position, ascending expert id), ``index_idx``
@@ -52,11 +60,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from dsv4_ref.formats import f32_to_bf16_bits  # noqa: E402
 from dsv4_ref.forward import Model  # noqa: E402
 from dsv4_ref.golden_writer import GoldenWriter  # noqa: E402
+from dsv4_ref.mtp import MTP  # noqa: E402
 
 PROMPT_SEED = 20250521
 PREFILL_LENS = (1, 7, 130, 300)
 DECODE_PROMPT, DECODE_STEPS = 300, 64
 GREEDY = ((7, 16), (300, 8))
+MTP_CASES = ((7, 4), (126, 6), (130, 2))
 
 
 def master_ids(vocab, n, bos=0, seed=PROMPT_SEED):
@@ -150,7 +160,34 @@ def write_goldens(writer, model_dir, log=print):
     writer.case("prefill_S130_initial", ids=ids[:130], revision=np.array([0], np.int64),
                 **check(r.arrays()), **common)
     log(f"  prefill_S130_initial: {time.time() - t:.2f} s")
+
+    if cur.cfg["n_mtp_layers"]:
+        write_mtp_goldens(writer, cur, ids, common, check, log)
     log(f"forward goldens: {len(writer.cases)} cases in {time.time() - t0:.1f} s")
+
+
+def write_mtp_goldens(writer, model, ids, common, check, log=print):
+    """The ``mtp_*`` cases (module doc) on a main model ``model`` (its state is reused)."""
+    mtp = MTP(model)
+    for P, n in MTP_CASES:
+        t = time.time()
+        model.prefill(ids[:P])
+        H = [model.final_streams]
+        lg = [mtp.prefill(H[0], ids[1:P + 1])]
+        x_in, x_out = [mtp.inputs], [mtp.streams[-1:]]
+        for j in range(n):
+            model.decode(ids[P + j])
+            H.append(model.final_streams)
+            lg.append(mtp.decode(H[-1][-1], ids[P + j + 1]))
+            x_in.append(mtp.inputs)
+            x_out.append(mtp.streams[-1:])
+        lg = np.stack(lg).astype(np.float32)
+        srt = np.sort(lg, axis=1)
+        writer.case(f"mtp_S{P}_steps{n}", ids=ids[:P + n + 1], prompt_len=np.array([P], np.int64),
+                    H=f32_to_bf16_bits(np.concatenate(H)), mtp_in=f32_to_bf16_bits(np.concatenate(x_in)),
+                    mtp_out=f32_to_bf16_bits(np.concatenate(x_out)),
+                    **check(dict(logits=lg, margin=(srt[:, -1] - srt[:, -2]).astype(np.float32))), **common)
+        log(f"  mtp_S{P}_steps{n}: {time.time() - t:.2f} s")
 
 
 def main():

@@ -8,7 +8,10 @@ Composition (spec §9): ``H = repeat4(embed(ids))``; per block l (§7 order)
 ``R=H; (y,post,C)=hc_pre(H, hc_attn_*); y=attn_norm(y); y=Attention_l(y); H=hc_post(y,R,post,C);
 R=H; (y,post,C)=hc_pre(H, hc_ffn_*); y=ffn_norm(y); y=MoE_l(y, ids); H=hc_post(y,R,post,C)``;
 then ``y = hc_head(H)``, ``z = norm(y)`` (bf16), ``logits = f32(z[last]) . f32(head)^T`` (f32).
-The MTP block is not part of the main forward and is not evaluated.
+The MTP block is not part of the main forward; dsv4_ref/mtp.py runs it through ``block`` with its
+official layer id ``n_layers + j`` (prefix ``mtp.{j}.``) and its own ``LayerState``. After every
+call ``final_streams`` holds the residual streams H [S, 4, dim] of all positions before hc_head
+(the MTP block's input).
 
 Every kernel is the tested kernel reference of this package (no re-implementation):
 formats (act_quant / simulations / dequantisation), norms_rope (RMSNorm, per-head q norm, RoPE,
@@ -243,6 +246,7 @@ class Model:
             self.layers.append(LayerState(r, c["head_dim"], c["window_size"], c["index_head_dim"]))
         self.pos = 0
         self.diag = None           # per-call diagnostics of the last position (see forward)
+        self.final_streams = None  # H [S, 4, dim] (bf16) of the last call, before hc_head
 
     # -------------------------------------------------------------------------------------------
     def reset(self):
@@ -259,7 +263,7 @@ class Model:
     # -------------------------------------------------------------------------------------------
     def _note_index(self, l, row, offset):
         """Diagnostics: the indexer's selection for the last query, as sorted entry numbers."""
-        if self.diag is not None:
+        if self.diag is not None and l < self.cfg["n_layers"]:
             sel = np.sort(row[row >= 0].astype(np.int64) - offset)
             self.diag["index_idx"][l, :sel.size] = sel
 
@@ -282,11 +286,19 @@ class Model:
                 w.f32(P + "compressor.ape"), w.bf16(P + "compressor.norm.weight"), ratio,
                 self.cfg["head_dim"], self.freqs[ratio], False)
 
-    def attention(self, l, x, start_pos):
-        """Attention of layer l on x = attn_norm output, bf16 [S, dim]; start_pos 0 (prefill, any S)
-        or > 0 with S = 1 (decode). Updates the layer state. Returns bf16 [S, dim]."""
-        c, w, st = self.cfg, self.w, self.layers[l]
-        P = f"layers.{l}.attn."
+    def block_prefix(self, l):
+        """Tensor prefix of block l in the official numbering: main layers 0..n_layers-1, then the
+        MTP blocks (official ``MTPBlock(n_layers + j)``, tensors ``mtp.{j}.``)."""
+        n = self.cfg["n_layers"]
+        return f"layers.{l}." if l < n else f"mtp.{l - n}."
+
+    def attention(self, l, x, start_pos, st=None):
+        """Attention of block l on x = attn_norm output, bf16 [S, dim]; start_pos 0 (prefill, any S)
+        or > 0 with S = 1 (decode). Updates the layer state ``st`` (default: main layer l's).
+        Returns bf16 [S, dim]."""
+        c, w = self.cfg, self.w
+        st = self.layers[l] if st is None else st
+        P = self.block_prefix(l) + "attn."
         S = x.shape[0]
         H, hd, win, r = c["n_heads"], c["head_dim"], c["window_size"], st.ratio
         nope = hd - c["rope_head_dim"]
@@ -360,9 +372,9 @@ class Model:
     # MoE (spec §8)
     # -------------------------------------------------------------------------------------------
     def moe(self, l, x, ids):
-        """MoE of layer l on x = ffn_norm output bf16 [T, dim], token ids [T]. Returns bf16."""
+        """MoE of block l on x = ffn_norm output bf16 [T, dim], token ids [T]. Returns bf16."""
         c, w = self.cfg, self.w
-        P = f"layers.{l}.ffn."
+        P = self.block_prefix(l) + "ffn."
         lim = c["swiglu_limit"]
         scores = MO.gate_scores(x, w.bf16(P + "gate.weight"))
         if l < c["n_hash_layers"]:
@@ -371,7 +383,7 @@ class Model:
         else:
             idx, wts = MO.route(scores, w.f32(P + "gate.bias"), None, None,
                                 c["n_activated_experts"], c["route_scale"])
-        if self.diag is not None:
+        if self.diag is not None and l < c["n_layers"]:
             self.diag["moe_idx"][l] = idx[-1]
             self.diag["moe_w"][l] = wts[-1]
         y = np.zeros(x.shape, dtype=F32)
@@ -396,15 +408,17 @@ class Model:
     # -------------------------------------------------------------------------------------------
     # blocks and head
     # -------------------------------------------------------------------------------------------
-    def block(self, l, H, ids, start_pos):
+    def block(self, l, H, ids, start_pos, st=None):
+        """Block l (official layer id) on the residual streams H bf16 [S, 4, dim]; ``st`` its state
+        (default: main layer l's). Returns the new streams."""
         c, w = self.cfg, self.w
-        P = f"layers.{l}."
+        P = self.block_prefix(l)
         it, he, ne = c["hc_sinkhorn_iters"], c["hc_eps"], c["norm_eps"]
         R = H
         y, post, comb, _ = HC.hc_pre(H, w.f32(P + "hc_attn_fn"), w.f32(P + "hc_attn_scale"),
                                      w.f32(P + "hc_attn_base"), it, he, ne)
         y = NR.rmsnorm(y, w.bf16(P + "attn_norm.weight"), ne)
-        y = self.attention(l, y, start_pos)
+        y = self.attention(l, y, start_pos, st)
         H = HC.hc_post(y, R, post, comb)
         R = H
         y, post, comb, _ = HC.hc_pre(H, w.f32(P + "hc_ffn_fn"), w.f32(P + "hc_ffn_scale"),
@@ -413,19 +427,20 @@ class Model:
         y = self.moe(l, y, ids)
         return HC.hc_post(y, R, post, comb)
 
-    def head(self, H_last):
-        """hc_head -> final norm -> f32 logits for ONE position (H_last bf16 [4, dim])."""
+    def head(self, H_last, prefix=""):
+        """hc_head -> final norm -> f32 logits for ONE position (H_last bf16 [4, dim]). ``prefix``
+        selects the hc_head / norm tensors (an MTP block's own: "mtp.0."); head.weight is shared."""
         c, w = self.cfg, self.w
-        y = HC.hc_head(H_last[None], w.f32("hc_head_fn"), w.f32("hc_head_scale"),
-                       w.f32("hc_head_base"), c["hc_eps"], c["norm_eps"])
-        z = NR.rmsnorm(y, w.bf16("norm.weight"), c["norm_eps"])[0].astype(F64)
+        y = HC.hc_head(H_last[None], w.f32(prefix + "hc_head_fn"), w.f32(prefix + "hc_head_scale"),
+                       w.f32(prefix + "hc_head_base"), c["hc_eps"], c["norm_eps"])
+        z = NR.rmsnorm(y, w.bf16(prefix + "norm.weight"), c["norm_eps"])[0].astype(F64)
         Wh = w.raw("head.weight")
         V = Wh.shape[0]
         out = np.empty(V, dtype=F32)
         step = max(1, (1 << 26) // max(1, Wh.shape[1] * 8))    # row chunks of <= 64 MiB float64
         for r0 in range(0, V, step):
             out[r0:r0 + step] = (_bf16_vals(Wh[r0:r0 + step]).astype(F64) @ z).astype(F32)
-        if self.diag is not None:
+        if self.diag is not None and not prefix:
             self.diag["final_norm"] = z.astype(F32)
         return out
 
@@ -449,6 +464,7 @@ class Model:
             if self.diag is not None:
                 self.diag["layer_out"][l] = H[-1]
         self.pos = start_pos + ids.size
+        self.final_streams = H
         return self.head(H[-1])
 
     def prefill(self, ids):
