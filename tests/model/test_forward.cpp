@@ -13,11 +13,33 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <new>
 #include <cmath>
 #include <cstdio>
 #include <exception>
 #include <latch>
 #include <thread>
+
+// Every operator new of this binary is counted: the forward must not allocate per call.
+namespace {
+std::atomic<uint64_t> g_operator_new{0};
+}  // namespace
+void* operator new(std::size_t n) {
+    g_operator_new.fetch_add(1, std::memory_order_relaxed);
+    if (void* p = std::malloc(n ? n : 1)) return p;
+    throw std::bad_alloc();
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"  // these deletes pair with the malloc above
+#endif
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 using namespace dsv4_test;
 
@@ -277,6 +299,55 @@ TEST_CASE("forward: extend and prefill_chunked equal token-by-token decode, bit 
     auto ss = small.new_sequence();
     small.prefill(ss, ids.data(), 10, a.data());
     CHECK_THROWS_WITH_AS(small.extend(ss, ids.data(), 7, a.data()), doctest::Contains("capacity"), dsv4::error);
+}
+
+TEST_CASE("forward: prefill, extend and decode allocate nothing once the sequence exists") {
+    const auto& m = toy();
+    const std::size_t V = m.vocab(), N = 300;
+    std::vector<int64_t> ids(N);
+    for (std::size_t i = 0; i < N; ++i) ids[i] = int64_t((i * 37 + 11) % V);
+    std::vector<float> lg(V), every(64 * V);
+    std::vector<uint16_t> streams(64 * 4 * m.config().hidden_size);
+    auto s = m.new_sequence();
+    const uint64_t arena = s.ws.allocations();
+    CHECK(arena == 1);
+    const uint64_t before = g_operator_new.load();
+    m.prefill(s, ids.data(), 100, lg.data());
+    m.extend(s, ids.data() + 100, 64, lg.data());
+    for (std::size_t p = 164; p < 200; ++p) m.decode(s, ids[p], lg.data());
+    m.extend(s, ids.data() + 200, 64, dsv4::forward_outputs{every.data(), true, streams.data()});
+    m.prefill_chunked(s, ids.data(), N, 128, lg.data());
+    const uint64_t news = g_operator_new.load() - before;
+    CHECK_MESSAGE(news == 0, news << " operator new calls during the forward");
+    CHECK(s.ws.allocations() == arena);
+    MESSAGE("workspace " << s.ws.capacity() / 1024 << " KiB (chunk " << m.options().chunk << "), high water "
+                         << s.ws.high_water() / 1024 << " KiB");
+    // every_position: row j is the logits of position 200 + j, as decoding would give them
+    auto t = m.new_sequence();
+    m.prefill(t, ids.data(), 100, lg.data());
+    m.extend(t, ids.data() + 100, 64, lg.data());
+    for (std::size_t p = 164; p < 264; ++p) {
+        m.decode(t, ids[p], lg.data());
+        if (p >= 200) {
+            const float* row = every.data() + (p - 200) * V;
+            REQUIRE(std::equal(lg.begin(), lg.end(), row, [](float x, float y) { return same_float(x, y); }));
+        }
+    }
+    // beyond the chunk a one-pass prefill grows the workspace once, then allocates no more
+    dsv4::forward_options o;
+    o.chunk = 8;
+    o.max_context = 320;
+    const dsv4::model small = dsv4::model::open(toy_dir(), o);
+    auto u = small.new_sequence();
+    const std::size_t cap0 = u.ws.capacity();
+    small.prefill(u, ids.data(), 300, lg.data());
+    const uint64_t grown = u.ws.allocations();
+    CHECK(grown > 1);
+    CHECK(u.ws.capacity() > cap0);
+    const uint64_t before2 = g_operator_new.load();
+    small.prefill(u, ids.data(), 300, lg.data());
+    CHECK(g_operator_new.load() - before2 == 0);
+    CHECK(u.ws.allocations() == grown);
 }
 
 TEST_CASE("forward: sequences do not share or leak state") {
