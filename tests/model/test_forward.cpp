@@ -9,6 +9,9 @@
 #include "test_support.hpp"
 
 #include <dsv4/model/forward.hpp>
+#include <dsv4/model/session.hpp>
+
+#include <unistd.h>
 
 #include <oneapi/tbb/task_arena.h>
 
@@ -471,6 +474,60 @@ TEST_CASE("forward: two sequences decoded concurrently on two threads give what 
         CHECK(par_a.logits.size() == (1 + steps) * V);
     }
     MESSAGE("A tokens from 45-token prompt, B from 140-token prompt, " << steps << " greedy steps each, 2 concurrent rounds");
+}
+
+TEST_CASE("forward: a saved session continues exactly where it stopped; foreign files are refused") {
+    const auto& m = toy();
+    const std::size_t V = m.vocab(), N = 270;  // past the window, 67 ratio-4 and 2 ratio-128 entries
+    std::vector<int64_t> ids(N);
+    for (std::size_t i = 0; i < N; ++i) ids[i] = int64_t((i * 53 + 7) % V);
+    const char* tmp = std::getenv("TMPDIR");
+    const std::string dir = tmp ? tmp : "/tmp";
+    const std::string path = dir + "/dsv4-session-" + std::to_string(getpid()) + ".bin";  // tiers run in parallel
+    std::vector<float> a(V), b(V);
+    auto s = m.new_sequence();
+    m.prefill(s, ids.data(), N - 3, a.data());
+    m.decode(s, ids[N - 3], a.data());
+    const std::vector<int64_t> hist(ids.begin(), ids.begin() + std::ptrdiff_t(N - 2));
+    dsv4::save_session(m, s, hist, path);
+    m.extend(s, ids.data() + N - 2, 2, a.data());
+    auto t = m.new_sequence();
+    CHECK(dsv4::load_session(m, t, path) == hist);
+    CHECK(t.pos == int64_t(N - 2));
+    m.extend(t, ids.data() + N - 2, 2, b.data());
+    CHECK(std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) { return same_float(x, y); }));
+    auto expect = [&](auto&& f, const std::string& part) {
+        std::string msg;
+        try {
+            f();
+        } catch (const dsv4::error& e) {
+            msg = e.what();
+        }
+        CHECK_MESSAGE(msg.find(part) != std::string::npos, "\"" << msg << "\" lacks \"" << part << "\"");
+    };
+    // another revision's model, a short file, a wrong history
+    const auto& init = toy(dsv4::model_revision::initial);
+    auto u = init.new_sequence();
+    expect([&] { dsv4::load_session(init, u, path); }, "another KV FP8 revision");
+    {
+        std::FILE* f = std::fopen(path.c_str(), "r+b");
+        REQUIRE(f);
+        std::fseek(f, 0, SEEK_END);
+        const long size = std::ftell(f);
+        std::fclose(f);
+        REQUIRE(truncate(path.c_str(), size - 100) == 0);
+    }
+    expect([&] { dsv4::load_session(m, t, path); }, "ends early");
+    CHECK(t.pos == 0);  // a failed load leaves a sequence that must start over
+    expect([&] { dsv4::load_session(m, t, dir + "/no-such-session.bin"); }, "cannot open");
+    expect([&] { dsv4::save_session(m, s, hist, path); }, "history must hold");
+    {
+        std::FILE* f = std::fopen(path.c_str(), "wb");
+        std::fputs("DSV4SESS\x07", f);
+        std::fclose(f);
+    }
+    expect([&] { dsv4::load_session(m, t, path); }, "ends early");
+    std::remove(path.c_str());
 }
 
 TEST_CASE("forward: argument errors") {

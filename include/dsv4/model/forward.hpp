@@ -78,8 +78,27 @@ public:
         if (opt.validate) validate_checkpoint(c.cfg, *c.ck);
         init_model_context(c);
         c.w = bind_model_weights(c.cfg, *c.ck);
+        m.fingerprint_ = checkpoint_fingerprint(*c.ck);
         return m;
     }
+
+    /// FNV-1a over every tensor's name, dtype and shape and the bytes of every norm weight:
+    /// what a saved session must match (another checkpoint or other weights do not).
+    static uint64_t checkpoint_fingerprint(const checkpoint& ck) {
+        uint64_t h = 1469598103934665603ull;
+        auto mix = [&](const void* p, std::size_t n) {
+            const auto* b = static_cast<const unsigned char*>(p);
+            for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+        };
+        for (const tensor_view& t : ck.tensors()) {
+            mix(t.name.data(), t.name.size());
+            mix(&t.type, sizeof t.type);
+            mix(t.shape.dims.data(), t.shape.rank * sizeof(uint64_t));
+            if (t.name.ends_with("norm.weight")) mix(t.data, t.bytes);
+        }
+        return h;
+    }
+    uint64_t fingerprint() const noexcept { return fingerprint_; }
 
     const model_config& config() const noexcept { return ctx_->cfg; }
     const checkpoint& weights() const noexcept { return *ctx_->ck; }
@@ -159,6 +178,7 @@ public:
 private:
     std::unique_ptr<model_context> ctx_;  ///< behind a pointer: the rope tables and weight views stay put
     uint64_t id_ = 0;                     ///< unique per opened model
+    uint64_t fingerprint_ = 0;            ///< checkpoint_fingerprint of the weights
 
     void check_seq(const sequence_state& s, const char* fn) const {
         detail::require(id_ != 0 && s.owner == id_ && s.layers.size() == ctx_->w.layers.size(), fn,
