@@ -53,7 +53,9 @@ inline attention_plan plan_attention(const model_context& m, uint32_t r, std::si
         const std::size_t n_after = r ? std::size_t(start + int64_t(S)) / r : 0;
         P.width = W + (r == 4 ? indexer_select_width(m.cfg.index_topk, n_after) : n_after);
         P.kv_buf_rows = S > 1 ? W + n_after + S : 0;
-        if (r == 4) P.index_scratch = indexer_decode_scratch_bytes(icfg, m.D, m.ql, m.max_ctx / 4);
+        if (r == 4)
+            P.index_scratch = S == 1 ? indexer_decode_scratch_bytes(icfg, m.D, m.ql, m.max_ctx / 4)
+                                     : indexer_append_scratch_bytes(icfg, m.D, m.ql, S, std::size_t(start));
     }
     if (r) P.comp_scratch = compressor_scratch_bytes(m.comp_cfg(r), m.D);
     P.attn_scratch = sparse_attention_parallel_scratch_bytes(m.H, m.hd);
@@ -109,11 +111,12 @@ inline attention_kv prefill_lists(const model_context& m, const layer_weights& w
 }
 
 /// Tokens at positions start.. (start > 0) continuing the sequence, each exactly as its own
-/// decode step would see it (spec §4 decode lists, §10.3 item 12): per token in order, the
-/// indexer (its compressor, then scoring and top-k) and the main compressor; the list of
-/// query t is the decode list at p = start + t, its window over the ring as it was before
-/// the call plus the call's own rows. KV = [W ring rows | compressed entries | S new rows];
-/// one token is the plain decode step over the cache itself.
+/// decode step would see it (spec §4 decode lists, §10.3 item 12): the indexer and the
+/// compressors append the tokens in order (indexer_append, compressor_append: batched
+/// projections, per-token state machines, causal top-k); the list of query t is the decode
+/// list at p = start + t, its window over the ring as it was before the call plus the call's
+/// own rows. KV = [W ring rows | compressed entries | S new rows]; one token is the plain
+/// decode step over the cache itself.
 inline attention_kv append_lists(const model_context& m, const layer_weights& w, layer_state& st, const uint16_t* x,
                                  const uint16_t* qr, const uint16_t* kv, const attention_plan& P, int64_t start,
                                  forward_workspace& ws) {
@@ -128,26 +131,31 @@ inline attention_kv append_lists(const model_context& m, const layer_weights& w,
     const indexer_config icfg = m.index_cfg();
     const compressor_config ccfg = r ? m.comp_cfg(r) : compressor_config{};
     const std::size_t max_keys = r == 4 ? st.keys.size() / m.cfg.index_head_dim : 0;
+    const compressor_cache keys{st.keys.data(), m.cfg.index_head_dim, max_keys}, entries{cache + W * hd, hd, cap};
     const std::size_t mk = ws.mark();
     unsigned char* iws = ws.take<unsigned char>(P.index_scratch);
     unsigned char* cws = ws.take<unsigned char>(P.comp_scratch);
+    // decode lists per query; the indexer (its compressor first) before the main compressor
     for (std::size_t t = 0; t < S; ++t) {
         const int64_t p = start + int64_t(t);
-        int32_t* row = idx + t * width;
-        window_indices_decode(p, row, W);
+        window_indices_decode(p, idx + t * width, W);
+        if (r && r != 4) compressed_indices_decode(p, r, W, idx + t * width + W);
+    }
+    if (S == 1) {
         if (r == 4) {
-            const std::size_t k = par::indexer_decode(
-                st.index_comp, w.index, icfg, x + t * m.D, qr + t * m.ql, p,
-                compressor_cache{st.keys.data(), m.cfg.index_head_dim, max_keys}, int64_t(W), row + W, max_keys,
-                iws, P.index_scratch);
-            detail::require(k == indexer_select_width(m.cfg.index_topk, std::size_t(p + 1) / 4), "model::decode",
-                            "indexer returned an unexpected width");
-        } else if (r) {
-            compressed_indices_decode(p, r, W, row + W);
+            const std::size_t k = par::indexer_decode(st.index_comp, w.index, icfg, x, qr, start, keys, int64_t(W),
+                                                      idx + W, max_keys, iws, P.index_scratch);
+            detail::require(k == width - W, "model::decode", "indexer returned an unexpected width");
         }
-        if (S == 1) window_cache_write_decode(cache, hd, kv, p, hd, W);
-        if (r) par::compressor_decode(st.comp, w.comp, ccfg, x + t * m.D, p, compressor_cache{cache + W * hd, hd, cap},
-                                      cws, P.comp_scratch);
+        window_cache_write_decode(cache, hd, kv, start, hd, W);
+        if (r) par::compressor_decode(st.comp, w.comp, ccfg, x, start, entries, cws, P.comp_scratch);
+    } else {
+        if (r == 4) {
+            const std::size_t k = par::indexer_append(st.index_comp, w.index, icfg, x, m.D, qr, m.ql, S, start, keys,
+                                                      int64_t(W), idx + W, width, iws, P.index_scratch);
+            detail::require(k == width - W, "model::extend", "indexer returned an unexpected width");
+        }
+        if (r) par::compressor_append(st.comp, w.comp, ccfg, x, m.D, S, start, entries, cws, P.comp_scratch);
     }
     ws.release(mk);
     if (S == 1) return attention_kv{cache, idx, W + n_after, width, int32_t(W)};
