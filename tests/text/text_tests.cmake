@@ -11,7 +11,8 @@ add_test(NAME goldens.tokenizer
 set_tests_properties(goldens.tokenizer PROPERTIES FIXTURES_SETUP goldens_tokenizer LABELS "text;goldens")
 
 add_executable(dsv4_test_tokenizer test_main.cpp text/test_tokenizer.cpp)
-foreach(exe dsv4_test_tokenizer)
+add_executable(dsv4_test_chat test_main.cpp text/test_chat.cpp)
+foreach(exe dsv4_test_tokenizer dsv4_test_chat)
   target_link_libraries(${exe} PRIVATE dsv4_dispatch dsv4::text doctest::doctest)
   target_compile_options(${exe} PRIVATE ${DSV4_WARNINGS})
   target_include_directories(${exe} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
@@ -19,3 +20,5 @@ endforeach()
 add_test(NAME text.tokenizer COMMAND dsv4_test_tokenizer)
 set_tests_properties(text.tokenizer PROPERTIES LABELS text FIXTURES_REQUIRED "goldens_tokenizer;checkpoint_toy"
   ENVIRONMENT "DSV4_GOLDENS=${DSV4_GOLDENS_DIR};DSV4_TOY_CHECKPOINT=${DSV4_TOY_CHECKPOINT}")
+add_test(NAME text.chat COMMAND dsv4_test_chat)
+set_tests_properties(text.chat PROPERTIES LABELS text)
