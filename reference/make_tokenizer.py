@@ -10,6 +10,7 @@ Usage:
                                                (DIR/tokenizer/<variant>.json + <variant>.jsonl)
   make_tokenizer.py --toy DIR --vocab-size N   a small tokenizer.json without `tokenizers` (pure
                                                Python; what make_checkpoint.py puts in the toy)
+  make_tokenizer.py --seeds DIR                fuzz seeds: the toy (vocab 300) and its variants
 
 The structure is DeepSeek-V3's tokenizer.json (V4 keeps it): no normalizer (an empty Sequence),
 a Sequence pre-tokenizer of three Isolated regex Splits (digit runs of at most 3, CJK/kana runs,
@@ -297,10 +298,11 @@ def variants(base):
     v["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "NFC"}]}
     v["pre_tokenizer"] = byte_level(add_prefix_space=True, use_regex=True)
     v["model"]["ignore_merges"] = True
-    v["added_tokens"] += [added_token(128830, "<tool_result>", special=False, lstrip=True, rstrip=True),
-                          added_token(128831, "brown fox", special=False, single_word=True),
-                          added_token(128832, "Hello", special=False, normalized=True),
-                          added_token(128833, "<｜pad_r｜>", rstrip=True)]
+    n = len(v["model"]["vocab"])
+    v["added_tokens"] += [added_token(n, "<tool_result>", special=False, lstrip=True, rstrip=True),
+                          added_token(n + 1, "brown fox", special=False, single_word=True),
+                          added_token(n + 2, "Hello", special=False, normalized=True),
+                          added_token(n + 3, "<｜pad_r｜>", rstrip=True)]
     for t in v["added_tokens"][-4:]:
         v["model"]["vocab"][t["content"]] = t["id"]
     out["bytelevel_regex"] = v
@@ -337,11 +339,18 @@ def main():
     mode.add_argument("--out", help="write a trained tokenizer.json (+ tokenizer_config.json) into DIR")
     mode.add_argument("--goldens", help="write the test tokenizers and their ids under DIR/tokenizer/")
     mode.add_argument("--toy", help="write the pure-Python toy tokenizer into DIR")
+    mode.add_argument("--seeds", help="fuzz seeds: small tokenizer.json files (toy + variants) in DIR")
     ap.add_argument("--vocab-size", type=int, default=6000, help="BPE vocab (trained) or total vocab (--toy)")
     ap.add_argument("--lines", type=int, default=12000, help="golden corpus lines")
     args = ap.parse_args()
     if args.toy:
         write_dir(args.toy, toy_tokenizer(args.vocab_size), 4096)
+    elif args.seeds:
+        out = pathlib.Path(args.seeds)
+        out.mkdir(parents=True, exist_ok=True)
+        toy = toy_tokenizer(300)
+        for name, tok_json in [("toy", toy)] + sorted(variants(toy).items()):
+            (out / f"{name}.json").write_text(json.dumps(tok_json, ensure_ascii=False) + "\n", encoding="utf-8")
     elif args.out:
         tok_json = train(args.vocab_size)
         load(tok_json)
