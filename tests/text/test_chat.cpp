@@ -15,12 +15,16 @@ namespace {
 const std::string BOS = "<｜begin▁of▁sentence｜>", EOS = "<｜end▁of▁sentence｜>", U = "<｜User｜>",
                   A = "<｜Assistant｜>", TB = "<think>", TE = "</think>";
 
-message sys(std::string c) { return {role::system, std::move(c), {}, {}, {}, {}, {}}; }
-message usr(std::string c) { return {role::user, std::move(c), {}, {}, {}, {}, {}}; }
+message sys(std::string c) { return {role::system, std::move(c)}; }
+message usr(std::string c) { return {role::user, std::move(c)}; }
 message asst(std::string c, std::string r = {}, std::vector<tool_call> calls = {}) {
-    return {role::assistant, std::move(c), std::move(r), std::move(calls), {}, {}, {}};
+    return {role::assistant, std::move(c), std::move(r), std::move(calls)};
 }
-message tool(std::string c, std::string id) { return {role::tool, std::move(c), {}, {}, std::move(id), {}, {}}; }
+message tool(std::string c, std::string id) {
+    message m(role::tool, std::move(c));
+    m.tool_call_id = std::move(id);
+    return m;
+}
 
 options thinking(bool max = false) { return {mode::thinking, max, true}; }
 

@@ -6,6 +6,7 @@
 // vocab with the other supported components. Every id must match.
 #include <doctest/doctest.h>
 
+#include <dsv4/text/prompt.hpp>
 #include <dsv4/text/tokenizer.hpp>
 
 #include <cstdlib>
@@ -247,4 +248,38 @@ TEST_CASE("tokenizer: the toy checkpoint's tokenizer.json") {
     CHECK(ids.front() == 0);
     CHECK(tok.decode(ids, true) == "hello world, the modelhi");
     CHECK(tok.decode(ids) == "<｜begin▁of▁sentence｜>" + text);
+}
+
+TEST_CASE("tokenizer: chat prompts to ids (prompt_ids / suffix_ids), replies back") {
+    namespace chat = dsv4::text::chat;
+    const tokenizer tok = tokenizer::load(goldens_dir() / "v4");
+    const std::vector<chat::message> conv = {{chat::role::system, "Be brief."}, {chat::role::user, "Hi"}};
+    const auto ids = dsv4::text::prompt_ids(tok, conv, {});
+    // BOS, the system text, <｜User｜>, "Hi", <｜Assistant｜>, </think>: the markers are their special ids
+    std::vector<int32_t> want = {0};
+    for (int32_t id : tok.encode("Be brief.")) want.push_back(id);
+    want.push_back(128803);
+    for (int32_t id : tok.encode("Hi")) want.push_back(id);
+    want.push_back(128804);
+    want.push_back(128799);
+    CHECK(ids == want);
+    CHECK(tok.decode(ids) == chat::encode(conv));
+    // the reply streamed back and parsed
+    const std::string reply = "Hello! \xF0\x9F\xA4\x96<｜end▁of▁sentence｜>";
+    auto stream = tok.stream();
+    std::string text;
+    for (int32_t id : tok.encode(reply)) {
+        if (id == tok.eos_id()) break;
+        text += stream.push(id);
+    }
+    text += stream.finish();
+    CHECK(text == "Hello! \xF0\x9F\xA4\x96");
+    CHECK(chat::parse_completion(text + "<｜end▁of▁sentence｜>", chat::mode::chat).content == text);
+    // the next turn appended to the live sequence
+    std::vector<chat::message> ctx = conv;
+    ctx.push_back({chat::role::assistant, text});
+    const std::vector<chat::message> next = {{chat::role::user, "More"}};
+    const auto suffix = dsv4::text::suffix_ids(tok, ctx, next, {});
+    CHECK(suffix.front() == 128803);
+    CHECK(tok.decode(suffix) == "<｜User｜>More<｜Assistant｜></think>");
 }

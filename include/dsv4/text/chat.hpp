@@ -33,6 +33,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace dsv4::text::chat {
@@ -65,6 +66,10 @@ struct tool_call {
 enum class role { system, developer, user, assistant, tool };
 
 struct message {
+    message() = default;
+    message(chat::role r, std::string text, std::string reasoning_text = {}, std::vector<tool_call> calls = {})
+        : role(r), content(std::move(text)), reasoning(std::move(reasoning_text)), tool_calls(std::move(calls)) {}
+
     chat::role role = role::user;
     std::string content;
     std::string reasoning;              // assistant: reasoning_content

@@ -23,7 +23,10 @@
 // UTF-8 produced by the tokens with U+FFFD, as `tokenizers` does.
 //
 // encode() caches the ids of words (pre-tokenizer pieces) under a mutex: one tokenizer can be
-// used from several threads.
+// used from several threads. Speed on one core (benchmarks/bench_tokenizer.cpp, the 1.2 MB golden
+// corpus, heavy in CJK/emoji): ~21 MB/s with an empty cache, ~32 MB/s warm; decode ~160 MB/s.
+// Unicode classes come from PCRE2's tables (regex.hpp: characters assigned after its Unicode
+// version can pre-tokenize differently from `tokenizers`).
 #pragma once
 
 #include "../config.hpp"
@@ -58,7 +61,8 @@ class tokenizer;
 
 /// Feeds ids one at a time and hands back only complete UTF-8 characters: bytes of a
 /// character split across tokens wait for the rest. Concatenating every push() and the final
-/// finish() gives exactly tokenizer::decode() of all the ids.
+/// finish() gives exactly tokenizer::decode() of all the ids. Refers to its tokenizer, which
+/// must outlive it.
 class stream_decoder {
 public:
     stream_decoder(const tokenizer& tok, bool skip_special) : tok_(&tok), skip_special_(skip_special) {}

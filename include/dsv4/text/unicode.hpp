@@ -11,6 +11,7 @@
 #include <unicode/ustring.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -63,7 +64,7 @@ inline std::size_t first_invalid_utf8(std::string_view s) {
         // ASCII runs eight bytes at a time: most text is mostly ASCII
         while (i + 8 <= s.size()) {
             uint64_t w;
-            __builtin_memcpy(&w, s.data() + i, 8);
+            std::memcpy(&w, s.data() + i, 8);
             if (w & 0x8080808080808080ull) break;
             i += 8;
         }
