@@ -185,7 +185,8 @@ DIGITS = ["٠١٢٣٤٥", "１２３４", "²³", "Ⅻ", "½", "৪২"]
 SPACES = [" ", "  ", "   ", "\t", "\t\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000", "\u2003", "\u200b",
           "\u2028", "\u0085", " \t \n"]
 SPECIALS = [BOS, EOS, "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>", "｜DSML｜", "<｜Use", "<think",
-            "</think >", "<｜DSML｜invoke name=\"f\">"]
+            "</think >", "<｜DSML｜invoke name=\"f\">", "<tool_result>", "  <tool_result>\n", "<｜pad_r｜>", "xbrown fox",
+            "brown fox"]  # the last four: added tokens of the bytelevel_regex variant (lstrip/rstrip/single_word)
 PUNCT = ["...", "!!!", "?!", "--", "—", "“quoted”", "«ok»", "(a)", "[b]", "{c}", "@user", "#tag", "a.b.c",
          "'s", "’s", "%", "$5", "¥100", "→", "∑", "©", "、", "。", "！"]
 
