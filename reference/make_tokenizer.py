@@ -236,7 +236,9 @@ def corpus(seed, n):
     lines = [corpus_line(rng) for _ in range(n)]
     # fixed edge cases first
     return ["", " ", "  ", "\n", "a", "1234567", "<｜User｜>", "<｜User｜><｜Assistant｜>", "x<think>y</think>z",
-            "  leading and trailing  ", "tab\tseparated\tvalues", "\r\n\r\n", "🇯🇵🇯🇵", "e\u0301\u0301"] + lines
+            "  leading and trailing  ", "tab\tseparated\tvalues", "\r\n\r\n", "🇯🇵🇯🇵", "e\u0301\u0301",
+            # long pieces (the heap path of the C++ BPE)
+            CJK * 3, KANA * 20, " " * 500 + "x", "a" * 300, "the" * 120, "ab" * 99 + "\n" * 70, "😀" * 80] + lines
 
 
 # ------------------------------------------------------------------------------------------------

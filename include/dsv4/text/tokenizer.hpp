@@ -46,6 +46,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <queue>
 #include <span>
 #include <sstream>
 #include <string>
@@ -476,26 +477,80 @@ private:
         }
         // merges: always the lowest rank, leftmost first (the priority queue of `tokenizers`)
         if (sym.size() < 2) return;
-        std::vector<int32_t> rank(sym.size() - 1);
-        auto pair_rank = [&](std::size_t i, int32_t* id = nullptr) {
-            auto it = merges_.find((uint64_t(uint32_t(sym[i])) << 32) | uint32_t(sym[i + 1]));
-            if (it == merges_.end()) return INT32_MAX;
-            if (id) *id = it->second.id;
-            return it->second.rank;
+        if (sym.size() <= short_word) merge_short(sym);
+        else merge_long(sym);
+    }
+
+    const merge_info* find_merge(int32_t a, int32_t b) const {
+        auto it = merges_.find((uint64_t(uint32_t(a)) << 32) | uint32_t(b));
+        return it == merges_.end() ? nullptr : &it->second;
+    }
+
+    // Short words: a rank per adjacent pair, the minimum found by a scan (no allocation churn).
+    void merge_short(std::vector<int32_t>& sym) const {
+        std::array<int32_t, short_word> rank;
+        auto pair_rank = [&](std::size_t i) {
+            const merge_info* m = find_merge(sym[i], sym[i + 1]);
+            return m ? m->rank : INT32_MAX;
         };
-        for (std::size_t i = 0; i + 1 < sym.size(); ++i) rank[i] = pair_rank(i);
-        while (!rank.empty()) {
-            const auto best = std::min_element(rank.begin(), rank.end());
+        std::size_t n = sym.size();
+        for (std::size_t i = 0; i + 1 < n; ++i) rank[i] = pair_rank(i);
+        while (n > 1) {
+            const auto best = std::min_element(rank.begin(), rank.begin() + std::ptrdiff_t(n - 1));
             if (*best == INT32_MAX) break;
             const std::size_t i = std::size_t(best - rank.begin());
-            int32_t merged = 0;
-            pair_rank(i, &merged);
-            sym[i] = merged;
-            sym.erase(sym.begin() + std::ptrdiff_t(i) + 1);
-            rank.erase(rank.begin() + std::ptrdiff_t(i));
-            if (i + 1 < sym.size()) rank[i] = pair_rank(i);
+            sym[i] = find_merge(sym[i], sym[i + 1])->id;
+            std::copy(sym.begin() + std::ptrdiff_t(i) + 2, sym.begin() + std::ptrdiff_t(n), sym.begin() + std::ptrdiff_t(i) + 1);
+            std::copy(rank.begin() + std::ptrdiff_t(i) + 1, rank.begin() + std::ptrdiff_t(n - 1), rank.begin() + std::ptrdiff_t(i));
+            --n;
+            if (i + 1 < n) rank[i] = pair_rank(i);
             if (i > 0) rank[i - 1] = pair_rank(i - 1);
         }
+        sym.resize(n);
+    }
+
+    // Long words (a paragraph of CJK is one piece): a heap of candidate merges over a linked
+    // list of symbols, O(n log n) like `tokenizers`' Word::merge_all; a popped candidate whose
+    // pair has changed since it was pushed is skipped.
+    void merge_long(std::vector<int32_t>& sym) const {
+        struct candidate {
+            int32_t rank;
+            uint32_t pos;
+            int32_t id;
+            bool operator>(const candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+        };
+        const std::size_t n = sym.size();
+        std::vector<uint32_t> next(n), prev(n);
+        std::vector<bool> alive(n, true);
+        constexpr uint32_t none = UINT32_MAX;
+        for (std::size_t i = 0; i < n; ++i) {
+            next[i] = i + 1 < n ? uint32_t(i + 1) : none;
+            prev[i] = i > 0 ? uint32_t(i - 1) : none;
+        }
+        std::priority_queue<candidate, std::vector<candidate>, std::greater<>> heap;
+        auto push = [&](uint32_t i) {
+            if (i == none || next[i] == none) return;
+            if (const merge_info* m = find_merge(sym[i], sym[next[i]])) heap.push({m->rank, i, m->id});
+        };
+        for (uint32_t i = 0; i + 1 < n; ++i) push(i);
+        while (!heap.empty()) {
+            const candidate c = heap.top();
+            heap.pop();
+            const uint32_t right = next[c.pos];
+            if (!alive[c.pos] || right == none) continue;
+            const merge_info* m = find_merge(sym[c.pos], sym[right]);
+            if (!m || m->id != c.id) continue;
+            sym[c.pos] = c.id;
+            alive[right] = false;
+            next[c.pos] = next[right];
+            if (next[right] != none) prev[next[right]] = c.pos;
+            push(prev[c.pos]);
+            push(c.pos);
+        }
+        std::size_t out = 0;
+        for (std::size_t i = 0; i < n; ++i)
+            if (alive[i]) sym[out++] = sym[i];
+        sym.resize(out);
     }
 
     // ---------------------------------------------------------------- loading
@@ -817,6 +872,7 @@ private:
         return s;
     }
 
+    static constexpr std::size_t short_word = 48;  // symbols; longer words take the heap
     static constexpr std::size_t max_cached_word = 256;
     static constexpr std::size_t max_cache_entries = 1 << 16;
 
