@@ -141,7 +141,9 @@ TEST_CASE("tokenizer: invalid UTF-8 is refused with the byte offset") {
         {std::string("\xF4\x90\x80\x80"), "offset 0 (byte 0xF4)"},     // above U+10FFFF
         {std::string("ok \x80"), "offset 3 (byte 0x80)"},              // lone continuation
     };
-    for (auto& [text, where] : cases) {
+    for (const auto& c : cases) {
+        const std::string& text = c.first;
+        const std::string& where = c.second;  // (a named variable: Clang 14 cannot capture structured bindings)
         CAPTURE(where);
         CHECK_THROWS_WITH_AS(tok.encode(text), doctest::Contains(("invalid UTF-8 at byte " + where).c_str()),
                              dsv4::error);
