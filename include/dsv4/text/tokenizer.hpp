@@ -23,8 +23,9 @@
 // UTF-8 produced by the tokens with U+FFFD, as `tokenizers` does.
 //
 // encode() caches the ids of words (pre-tokenizer pieces) under a mutex: one tokenizer can be
-// used from several threads. Speed on one core (benchmarks/bench_tokenizer.cpp, the 1.2 MB golden
-// corpus, heavy in CJK/emoji): ~21 MB/s with an empty cache, ~32 MB/s warm; decode ~160 MB/s.
+// used from several threads. Speed on one core (benchmarks/bench_tokenizer.cpp, CPU time): the
+// 1.2 MB golden corpus (random code points, CJK, emoji: most words new) ~19 MB/s with an empty
+// cache, ~30 MB/s warm; English prose and C++ ~26 / ~34 MB/s; decode ~160 MB/s.
 // Unicode classes come from PCRE2's tables (regex.hpp: characters assigned after its Unicode
 // version can pre-tokenize differently from `tokenizers`).
 #pragma once
