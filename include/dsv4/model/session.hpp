@@ -7,7 +7,8 @@
 // set of weights does not match), u32 KV FP8 revision, u32 window, u64 max_context, i64
 // position, u32 layers; per layer: u32 ratio, the ring (window rows), the compressed entries
 // and indexer keys completed so far (only those: the file grows with the position, not the
-// capacity), both compressor states; then u64 history length and the token ids. Every read
+// capacity), both compressor states; then u64 history length and the token ids, and u64 +
+// bytes of the caller's own data (the generator keeps its conversation there). Every read
 // is checked: a short file, another model, another version or a state that does not fit
 // this model's sequences is a dsv4::error naming the file and the field.
 #pragma once
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace dsv4 {
@@ -84,7 +86,7 @@ inline namespace DSV4_ISA_NS {
 
 /// Writes s (and the token ids that produced it) to `path`.
 inline void save_session(const model& m, const sequence_state& s, const std::vector<int64_t>& history,
-                         const std::string& path) {
+                         const std::string& path, std::string_view app_data = {}) {
     detail::require(s.owner != 0 && s.layers.size() == m.config().num_hidden_layers, "save_session",
                     "sequence state was not made by this model's new_sequence()");
     if (history.size() != std::size_t(s.pos))
@@ -114,13 +116,16 @@ inline void save_session(const model& m, const sequence_state& s, const std::vec
     }
     w.put(uint64_t(history.size()));
     w.array(history.data(), history.size());
+    w.put(uint64_t(app_data.size()));
+    w.bytes(app_data.data(), app_data.size());
     w.close();
 }
 
 /// Restores a state saved by save_session into s (made by m.new_sequence()); returns the
-/// token ids. Refuses a file from another model, another format version or KV revision, or
+/// token ids (and the caller's data in *app_data when given). Refuses a file from another model, another format version or KV revision, or
 /// a position beyond s's capacity.
-inline std::vector<int64_t> load_session(const model& m, sequence_state& s, const std::string& path) {
+inline std::vector<int64_t> load_session(const model& m, sequence_state& s, const std::string& path,
+                                         std::string* app_data = nullptr) {
     detail::require(s.owner != 0 && s.layers.size() == m.config().num_hidden_layers, "load_session",
                     "sequence state was not made by this model's new_sequence()");
     const std::size_t hd = m.config().head_dim, W = m.config().sliding_window, ihd = m.config().index_head_dim;
@@ -158,9 +163,14 @@ inline std::vector<int64_t> load_session(const model& m, sequence_state& s, cons
     if (n != uint64_t(pos)) r.fail("history length differs from the position");
     std::vector<int64_t> history(n);
     r.array(history.data(), n, "history");
-    if (!r.at_end()) r.fail("trailing bytes after the history");
+    const uint64_t extra = r.get<uint64_t>("caller data length");
+    if (extra > (uint64_t(1) << 30)) r.fail("caller data length " + std::to_string(extra) + " is implausible");
+    std::string data(extra, '\0');
+    r.bytes(data.data(), extra, "caller data");
+    if (!r.at_end()) r.fail("trailing bytes after the caller data");
     check_token_ids(std::span<const int64_t>(history), m.config().vocab_size);
     s.pos = pos;
+    if (app_data) *app_data = std::move(data);
     return history;
 }
 
