@@ -56,6 +56,8 @@ inline constexpr int32_t fp4_q8_offset = 12;
 
 template <class A, class... T> requires is_scalar<A> void fp8_to_f32_scaled(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4_block_to_f32x2(A, T...) = delete;
+template <class A, class... T> requires(!std::is_base_of_v<arch::avx2, A>) void fp8_to_f32_pairs(A, T...) = delete;
+template <class A, class... T> requires(!std::is_base_of_v<arch::avx2, A>) void bf16_pairs_to_f32(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4q8_group_fma(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4q8_super_fma(A, T...) = delete;
 template <class A, class... T> requires(!std::is_base_of_v<arch::avx512, A>) void fp8_to_f32_bits(A, T...) = delete;
@@ -94,6 +96,27 @@ DSV4_INLINE void fp8_to_f32_scaled(arch::avx2, const uint8_t* p, vf32<arch::avx2
         _mm256_set1_epi16(int16_t(0xBF80)));
     lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
     hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+/// 16 e4m3 bytes -> e4m3 * 2^-120 as f32, split by parity: even[i] = weight 2i, odd[i] =
+/// weight 2i + 1 (the pairing of bf16_pairs_to_f32). Integer ops only, no F16C: the bytes,
+/// sign-extended to 16 bits and shifted by 4, are bf16 bit patterns once masked (as
+/// fp8_to_bf16_bits); a 32-bit lane holds two, and the odd one is the f32 of its high half
+/// with the low half cleared, the even one that of its low half shifted up. Five ops per 16
+/// weights (F16C: six, two of them 2-uop conversions). Subnormal codes become exact f32
+/// subnormals (m * 2^-129); the NaN codes 0x7F/0xFF come out as 480 * 2^-120.
+DSV4_INLINE void fp8_to_f32_pairs(arch::avx2, const uint8_t* p, __m256& even, __m256& odd) noexcept {
+    const __m256i t = _mm256_and_si256(
+        _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 4),
+        _mm256_set1_epi16(int16_t(0x87F0)));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(t, _mm256_set1_epi32(int(0xFFFF0000u))));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(t, 16));
+}
+/// 16 bf16 values -> f32 split by parity, as fp8_to_f32_pairs: two ops (exact).
+DSV4_INLINE void bf16_pairs_to_f32(arch::avx2, const uint16_t* p, __m256& even, __m256& odd) noexcept {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u))));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
 /// 32 e2m1 values (16 bytes, element 2k in the low nibble of byte k) -> 4 x 8 f32 of 2*e2m1.
