@@ -386,16 +386,18 @@ private:
     }
 
     // ------------------------------------------------------------------ pieces
-    /// Fast numerics on avx512_bf16: FP8 projections take their (exact) activations as bf16
-    /// blocks (fp8_gemv_bf16), the faster path there; elsewhere the reference path.
-    bool fp8_bf16() const { return opt_.numerics == moe_numerics::fast && fp8_bf16_preferred(); }
+    /// Fast numerics where fp8_bf16_preferred(m) (avx512_bf16; the AVX2 tiers for one token):
+    /// FP8 projections of m rows take their (exact) activations as bf16 blocks
+    /// (fp8_gemv_bf16), the faster path there; elsewhere the reference path. m = 1 asks
+    /// whether any chunk may take it (buffers).
+    bool fp8_bf16(std::size_t m = 1) const { return opt_.numerics == moe_numerics::fast && fp8_bf16_preferred(m); }
 
-    /// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16()
+    /// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16(m)
     /// picks; xb / sh: room for the bf16 blocks of xf when it picks fp8_gemv_bf16.
     void fp8_project(const fp8_matrix& w, std::size_t groups, const float* xf, std::size_t m, uint16_t* xb,
                      int32_t* sh, const gemv_out& out) const {
         const std::size_t kx = groups * w.k;
-        if (fp8_bf16()) {
+        if (fp8_bf16(m)) {
             to_bf16_blocks(xf, kx, m, kx, xb, kx, sh, kx / 128);
             const bf16_block_rows x{xb, kx, sh, kx / 128, m};
             if (groups == 1) par::fp8_gemv_bf16(w, x, out);
