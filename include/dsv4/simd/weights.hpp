@@ -75,13 +75,14 @@ DSV4_INLINE __m128 fp4_w_scales4(const uint8_t* sw) noexcept {
     f = _mm_blendv_ps(f, _mm_set1_ps(0x1p-127f), _mm_castsi128_ps(_mm_cmpeq_epi32(e, _mm_setzero_si128())));
     return _mm_mul_ps(f, _mm_set1_ps(0.5f));
 }
-/// The same for 8 consecutive blocks (AVX2 superblocks).
+/// The same for 8 consecutive blocks (AVX2 superblocks). e << 23 is 2^(e-127) for e >= 1 and
+/// +0 for e = 0, the one value below 2^-127: a max puts the subnormal 2^-127 there (one op
+/// where a compare and a blend took two or three; 255 gives inf, as in fp4_w_scales4).
 DSV4_INLINE __m256 fp4_w_scales8(const uint8_t* sw) noexcept {
     int64_t raw;
     std::memcpy(&raw, sw, 8);
     const __m256i e = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(raw));
-    __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-    f = _mm256_blendv_ps(f, _mm256_set1_ps(0x1p-127f), _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
+    const __m256 f = _mm256_max_ps(_mm256_castsi256_ps(_mm256_slli_epi32(e, 23)), _mm256_set1_ps(0x1p-127f));
     return _mm256_mul_ps(f, _mm256_set1_ps(0.5f));
 }
 #endif
@@ -142,6 +143,20 @@ DSV4_INLINE __m256i dot_u8s8(arch::avx2_vnni, __m256i acc, __m256i u, __m256i s)
     return _mm256_dpbusd_avx_epi32(acc, u, s);
 #  else
     return dot_u8s8(arch::avx2{}, acc, u, s);
+#  endif
+}
+/// Two u8 x s8 dot products into one set of int32 lanes (from zero). Without VNNI the two
+/// maddubs results are added as int16 before one madd: 4 ops instead of 6 (|pair| <= 2 * 24
+/// * 127 = 6096 for the FP4 operands, so the int16 sum of two stays below 2^15: exact).
+DSV4_INLINE __m256i dot2_u8s8(arch::avx2, __m256i u0, __m256i s0, __m256i u1, __m256i s1) noexcept {
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)),
+                             _mm256_set1_epi16(1));
+}
+DSV4_INLINE __m256i dot2_u8s8(arch::avx2_vnni, __m256i u0, __m256i s0, __m256i u1, __m256i s1) noexcept {
+#  if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u0, s0), u1, s1);
+#  else
+    return dot2_u8s8(arch::avx2{}, u0, s0, u1, s1);
 #  endif
 }
 
@@ -220,8 +235,8 @@ DSV4_INLINE void fp4q8_super_fma(A, const uint8_t* w, const uint8_t* sw, const i
             for (int i = 0; i < 4; ++i) {
                 const int gi = 2 * p + i / 2, h = i % 2;
                 const int8_t* ag = aj + 128 * gi + 32 * h;
-                dot[i] = dot_u8s8(A{}, _mm256_setzero_si256(), ul[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag)));
-                dot[i] = dot_u8s8(A{}, dot[i], uh[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag + 64)));
+                dot[i] = dot2_u8s8(A{}, ul[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag)),
+                                   uh[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag + 64)));
             }
             // exact block sums in block order, plus -12 * sum(a) per block (q8_rows::corr)
             const __m256i sums = _mm256_add_epi32(_mm256_permutevar8x32_epi32(block_sums4(dot), to_natural),
