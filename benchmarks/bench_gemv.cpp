@@ -10,12 +10,15 @@
 //   gemv_hot/<fmt>/<tier>/<N>x<K>/m<M>/t1   hot rate per core: one ~1 MiB copy of the weights
 //                                           (L2-resident), one thread, rates over CPU time;
 //                                           fmt fp4, fp4_ref, fp8, fp8_ref, bf16
+//   gemv_hot_core/<fmt>/<tier>/<class>/...  the same (m1) on one core of each core class
+//                                           (hybrid.hpp: P, E; "any" on one-type CPUs)
 // Counters: bytes_per_second (weight bytes), GFLOP/s, bw_frac = achieved bytes/s over the
 // streaming-read ceiling measured by this binary on the same bytes (same copies, threads;
 // for gemv_hot the L2-resident read rate).
 #include "bench_common.hpp"
 
 #include <dsv4/gemv.hpp>
+#include <dsv4/hybrid.hpp>
 
 #include <functional>
 #include <random>
@@ -296,6 +299,43 @@ const bool registered = [] {
                         }
                     });
                 }, false);
+            }
+        }
+        // per-core-type hot rates (m1): one core of each class, pinned while it runs
+        static const dsv4::hybrid_placement placement(dsv4::detect_core_classes());
+        for (std::size_t ci = 0; ci < placement.classes().size(); ++ci) {
+            for (const char* f : {"fp4", "fp8", "fp8_ref", "bf16"}) {
+                const std::string fs = f;
+                const fmt ff = fs.starts_with("fp4") ? fmt::fp4 : fs.starts_with("fp8") ? fmt::fp8 : fmt::bf16;
+                const std::size_t k = 2048, n = ff == fmt::fp4 ? 1024 : ff == fmt::fp8 ? 512 : 256, m = 1;
+                const bool fast = !fs.ends_with("_ref");
+                reg("gemv_hot_core/" + fs + "/" + ts + "/" + placement.classes()[ci].label + "/" + shape_name(n, k, m, 1),
+                    [=](benchmark::State& st) {
+                        const auto& K = *dsv4::kernels_for(tier);
+                        auto& ws = weights(ff, n, k, true);
+                        const auto a = make_acts(m, k);
+                        std::vector<float> y(m * n);
+                        const dsv4::gemv_out out{y.data(), nullptr, n};
+                        const unsigned char* w = ws.w[0].data();
+                        const auto call = [&] {
+                            if (ff == fmt::fp4)
+                                K.fp4_gemv_q8_rows({w, k / 2, ws.s[0].data(), k / 32, n, k},
+                                                   {a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m}, out, 0, n);
+                            else if (ff == fmt::fp8 && fast)
+                                K.fp8_gemv_bf16_rows({w, k, ws.s[0].data(), k / 128, n, k},
+                                                     {a.xb.data(), k, a.shift.data(), k / 128, m}, out, 0, n);
+                            else if (ff == fmt::fp8)
+                                K.fp8_gemv_rows({w, k, ws.s[0].data(), k / 128, n, k}, {a.f32.data(), k, m}, out, 0, n);
+                            else
+                                K.bf16_gemv_rows({reinterpret_cast<const uint16_t*>(w), k, n, k}, {a.f32.data(), k, m}, out, 0, n);
+                        };
+                        placement.run_on(ci, [&] {
+                            for (auto _ : st) call();
+                        });
+                        st.SetBytesProcessed(int64_t(double(ws.w_bytes + ws.s_bytes) * double(st.iterations())));
+                        st.counters["cores"] = double(placement.classes()[ci].cores);
+                    },
+                    false);
             }
         }
     }

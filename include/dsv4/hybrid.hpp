@@ -268,10 +268,13 @@ public:
             if (g[i]) arenas_[i]->execute([&, i] { g[i]->wait(); });
     }
 
+    /// Runs f() on the calling thread, pinned to class i's CPUs for the call.
+    template <class F> void run_on(std::size_t i, F&& f) const { probe_.at(i)->execute(f); }
+
     /// Seconds that f() takes on one thread of class i (median of `reps` runs, after one warm-up).
     template <class F> double time_on(std::size_t i, F&& f, int reps = 5) const {
         std::vector<double> t;
-        probe_.at(i)->execute([&] {
+        run_on(i, [&] {
             f();
             for (int r = 0; r < reps; ++r) {
                 const auto t0 = std::chrono::steady_clock::now();
