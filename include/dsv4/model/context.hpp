@@ -43,9 +43,10 @@ struct model_context {
         c.comp = compressor_config{4, cfg.index_head_dim, true, rope_for(4), eps(), fp8_sim_revision::current};
         return c;
     }
-    /// Fast numerics where the bf16-block FP8 path is the faster one (fp8_bf16_preferred):
-    /// FP8 projections take their (exact) activations as bf16 blocks through fp8_gemv_bf16.
-    bool fp8_bf16() const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(); }
+    /// Fast numerics where fp8_bf16_preferred(m) (avx512_bf16; the AVX2 tiers for one token):
+    /// FP8 projections of m rows take their (exact) activations as bf16 blocks through
+    /// fp8_gemv_bf16. m = 1 asks whether any call may take it (buffers).
+    bool fp8_bf16(std::size_t m = 1) const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(m); }
 };
 
 /// Checks that the forward can compute `c` (beyond what the loader already validated) and
@@ -107,12 +108,12 @@ inline void init_model_context(model_context& m) {
     m.moe.numerics = m.opt.numerics;
 }
 
-/// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16()
+/// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16(m)
 /// picks; xb / sh: room for the bf16 blocks of xf when it picks fp8_gemv_bf16.
 inline void fp8_project(const model_context& c, const fp8_matrix& w, std::size_t groups, const float* xf,
                         std::size_t m, uint16_t* xb, int32_t* sh, const gemv_out& out) {
     const std::size_t kx = groups * w.k;
-    if (c.fp8_bf16()) {
+    if (c.fp8_bf16(m)) {
         to_bf16_blocks(xf, kx, m, kx, xb, kx, sh, kx / 128);
         const bf16_block_rows x{xb, kx, sh, kx / 128, m};
         if (groups == 1) par::fp8_gemv_bf16(w, x, out);
