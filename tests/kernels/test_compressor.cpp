@@ -103,6 +103,27 @@ struct runner {
         CHECK(r.st.next_pos == int64_t(total));
         return r;
     }
+    /// Prefill of n0 tokens (none if 0), then compressor_append in pieces of `piece` up to total.
+    run_result append(std::size_t n0, std::size_t piece, std::size_t total) {
+        run_result r;
+        dsv4::compressor_state_init(r.st, cfg);
+        const std::size_t cap = total / c.ratio + 1;
+        r.entries.assign(cap * c.d, 0xFFFF);
+        const dsv4::compressor_cache cache{r.entries.data(), c.d, cap};
+        void* ws = scratch.data() + 1;
+        const std::size_t wb = scratch.size() - 1;
+        if (n0 > 0) dsv4::compressor_prefill(r.st, w, cfg, c.x.data(), c.dim, n0, cache, ws, wb);
+        for (std::size_t p = n0; p < total; p += piece) {
+            const std::size_t len = std::min(piece, total - p);
+            const std::size_t n = dsv4::par::compressor_append(r.st, w, cfg, c.x.data() + p * c.dim, c.dim, len,
+                                                               int64_t(p), cache, ws, wb);
+            CHECK(n == (p + len) / c.ratio - p / c.ratio);
+        }
+        r.n = total / c.ratio;
+        r.entries.resize(r.n * c.d);
+        CHECK(r.st.next_pos == int64_t(total));
+        return r;
+    }
 };
 
 /// An executor that hands out single items in reverse order.
@@ -253,6 +274,41 @@ TEST_CASE("compressor: prefill of N tokens + k decode steps == token-by-token de
             CHECK(std::equal(p.entries.begin(), p.entries.end(), ref.entries.begin()));
         }
     }
+}
+
+TEST_CASE("compressor: append in pieces of any size == token-by-token decode, bit for bit") {
+    for (const char* kind : {"c4_main", "c4_indexer", "c128_main"}) {
+        golden g("compressor", std::string(kind) + "_prefill_S1030");
+        const comp_case c(g);
+        runner rn(c);
+        const std::size_t L = c.ratio == 4 ? 140 : 400;
+        const auto ref = rn.run(0, L);
+        for (std::size_t n0 : {0, 5, 64, 129})
+            for (std::size_t piece : {1, 3, 31, 32, 33, 128, 300}) {
+                CAPTURE(kind);
+                CAPTURE(n0);
+                CAPTURE(piece);
+                const auto r = rn.append(n0, piece, L);
+                CHECK(r.entries == ref.entries);
+                CHECK(same_bits(r.st.kv, ref.st.kv));
+                CHECK(same_bits(r.st.score, ref.st.score));
+            }
+    }
+    // positions must continue the state
+    golden g("compressor", "c4_main_prefill_S1030");
+    const comp_case c(g);
+    runner rn(c);
+    dsv4::compressor_state st;
+    dsv4::compressor_state_init(st, rn.cfg);
+    std::vector<uint16_t> ent(64 * c.d);
+    const dsv4::compressor_cache cache{ent.data(), c.d, 64};
+    dsv4::compressor_append(st, rn.w, rn.cfg, c.x.data(), c.dim, 10, 0, cache, rn.scratch.data(), rn.scratch.size());
+    CHECK_THROWS_WITH_AS(dsv4::compressor_append(st, rn.w, rn.cfg, c.x.data(), c.dim, 4, 11, cache, rn.scratch.data(),
+                                                 rn.scratch.size()),
+                         doctest::Contains("next position"), dsv4::error);
+    CHECK_THROWS_WITH_AS(dsv4::compressor_append(st, rn.w, rn.cfg, c.x.data(), c.dim, 300, 10, cache, rn.scratch.data(),
+                                                 rn.scratch.size()),
+                         doctest::Contains("compressor_append"), dsv4::error);
 }
 
 TEST_CASE("compressor: oneTBB and any executor give the serial bits") {
