@@ -307,17 +307,17 @@ private:
 };
 
 namespace par {
-namespace detail {
+namespace placement_state {  // not `detail`: par:: code elsewhere names dsv4::detail
 inline thread_local const hybrid_placement* current_placement = nullptr;
 }
 /// While alive, par:: entry points called from this thread split their rows by core class
 /// through `p` (nested scopes restore the outer one).
 class placement_scope {
 public:
-    explicit placement_scope(const hybrid_placement& p) noexcept : prev_(detail::current_placement) {
-        detail::current_placement = &p;
+    explicit placement_scope(const hybrid_placement& p) noexcept : prev_(placement_state::current_placement) {
+        placement_state::current_placement = &p;
     }
-    ~placement_scope() { detail::current_placement = prev_; }
+    ~placement_scope() { placement_state::current_placement = prev_; }
     placement_scope(const placement_scope&) = delete;
     placement_scope& operator=(const placement_scope&) = delete;
 
@@ -325,7 +325,7 @@ private:
     const hybrid_placement* prev_;
 };
 /// The placement of the innermost placement_scope on this thread, or null.
-inline const hybrid_placement* current_placement() noexcept { return detail::current_placement; }
+inline const hybrid_placement* current_placement() noexcept { return placement_state::current_placement; }
 }  // namespace par
 
 }  // namespace DSV4_ISA_NS
