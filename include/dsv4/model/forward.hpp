@@ -105,6 +105,11 @@ public:
     const forward_options& options() const noexcept { return ctx_->opt; }
     std::size_t vocab() const noexcept { return ctx_->cfg.vocab_size; }
     std::size_t max_context() const noexcept { return ctx_->max_ctx; }
+    /// What every block reads (config, options, RoPE tables, weight views): for blocks run
+    /// outside the layer loop, such as the MTP block (mtp.hpp).
+    const model_context& context() const noexcept { return *ctx_; }
+    /// Unique per opened model (the owner of its sequence states).
+    uint64_t id() const noexcept { return id_; }
 
     /// A fresh per-sequence state sized for max_context() positions, its workspace for calls
     /// of up to options().chunk tokens.

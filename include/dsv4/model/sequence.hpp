@@ -7,6 +7,7 @@
 #include "context.hpp"
 #include "workspace.hpp"
 
+#include <span>
 #include <vector>
 
 namespace dsv4 {
@@ -25,21 +26,27 @@ struct sequence_state {
     std::vector<layer_state> layers;
     int64_t pos = 0;              ///< tokens in the sequence so far (the next position)
     std::size_t max_context = 0;  ///< capacity in positions
+    std::size_t window = 0;       ///< ring slots at the start of every layer's cache
+    std::size_t head_dim = 0;     ///< width of a cache row
     uint64_t owner = 0;           ///< id of the model that made it (survives moving the model)
     forward_workspace ws;         ///< working memory of this sequence's calls (sized by new_sequence)
 };
 
 inline namespace DSV4_ISA_NS {
 
-/// A fresh state sized for m.max_ctx positions, owned by the model with id `owner`.
-inline sequence_state make_sequence_state(const model_context& m, uint64_t owner) {
+/// A fresh state of the blocks `blocks` (the main layers, or an MTP block) sized for
+/// m.max_ctx positions, owned by `owner`.
+inline sequence_state make_sequence_state(const model_context& m, uint64_t owner,
+                                          std::span<const layer_weights> blocks) {
     sequence_state s;
     s.max_context = m.max_ctx;
+    s.window = m.window;
+    s.head_dim = m.hd;
     s.owner = owner;
-    s.layers.resize(m.w.layers.size());
+    s.layers.resize(blocks.size());
     for (std::size_t l = 0; l < s.layers.size(); ++l) {
         layer_state& ls = s.layers[l];
-        const uint32_t r = m.w.layers[l].ratio;
+        const uint32_t r = blocks[l].ratio;
         ls.ratio = r;
         ls.cache.assign((m.window + (r ? m.max_ctx / r : 0)) * m.hd, 0);
         if (r) compressor_state_init(ls.comp, m.comp_cfg(r));
@@ -49,6 +56,11 @@ inline sequence_state make_sequence_state(const model_context& m, uint64_t owner
         }
     }
     return s;
+}
+
+/// A fresh state of the main model's layers, owned by the model with id `owner`.
+inline sequence_state make_sequence_state(const model_context& m, uint64_t owner) {
+    return make_sequence_state(m, owner, std::span<const layer_weights>(m.w.layers));
 }
 
 }  // namespace DSV4_ISA_NS

@@ -70,58 +70,65 @@ struct weight_binder {
 
 }  // namespace detail
 
-/// Binds every main-model tensor of `ck` as `cfg` describes it (names and shapes of spec §1.3;
-/// validate_checkpoint has checked them when the caller asked for it).
-inline model_weights bind_model_weights(const model_config& c, const checkpoint& ck) {
+/// Binds block `blk` (official numbering: main layers, then the MTP blocks) of `ck` as `cfg`
+/// describes it: attention, compressors, indexer, experts and gate (names and shapes of
+/// spec §1.3). The MTP block is a block like the others (ratio compress_ratios[blk], score
+/// routing); its own extra tensors are bound by bind_mtp_weights (mtp.hpp).
+inline layer_weights bind_block_weights(const model_config& c, const checkpoint& ck, uint32_t blk) {
     const std::size_t D = c.hidden_size, H = c.num_attention_heads, hd = c.head_dim, ql = c.q_lora_rank;
     const std::size_t I = c.moe_intermediate_size, E = c.n_routed_experts;
     const detail::weight_binder b{ck, D};
+    layer_weights w;
+    const std::string P = block_prefix(c, blk), A = P + "attn.", F = P + "ffn.";
+    w.ratio = block_ratio(c, blk);
+    w.hash = is_hash_block(c, blk);
+    w.hc_attn = b.hc_pre(P + "hc_attn");
+    w.hc_ffn = b.hc_pre(P + "hc_ffn");
+    w.attn_norm = b.data<uint16_t>(P + "attn_norm.weight");
+    w.ffn_norm = b.data<uint16_t>(P + "ffn_norm.weight");
+    w.q_norm = b.data<uint16_t>(A + "q_norm.weight");
+    w.kv_norm = b.data<uint16_t>(A + "kv_norm.weight");
+    w.wq_a = b.fp8(A + "wq_a", ql, D);
+    w.wq_b = b.fp8(A + "wq_b", H * hd, ql);
+    w.wkv = b.fp8(A + "wkv", hd, D);
+    w.wo_a = b.fp8(A + "wo_a", std::size_t(c.o_groups) * c.o_lora_rank, H * hd / c.o_groups);
+    w.wo_b = b.fp8(A + "wo_b", D, std::size_t(c.o_groups) * c.o_lora_rank);
+    w.sink = b.data<float>(A + "attn_sink");
+    if (w.ratio) w.comp = b.compressor(A + "compressor.", compressor_c(w.ratio) * hd);
+    if (w.ratio == 4) {
+        w.index.wq_b = b.fp8(A + "indexer.wq_b", std::size_t(c.index_n_heads) * c.index_head_dim, ql);
+        w.index.weights_proj = b.bf16(A + "indexer.weights_proj.weight", c.index_n_heads, D);
+        w.index.comp = b.compressor(A + "indexer.compressor.", 2 * std::size_t(c.index_head_dim));
+    }
+    w.experts.resize(E);
+    for (std::size_t e = 0; e < E; ++e) {
+        const std::string X = F + "experts." + std::to_string(e) + ".";
+        w.experts[e] = moe_expert_weights{b.fp4(X + "w1", I, D), b.fp4(X + "w3", I, D), b.fp4(X + "w2", D, I)};
+    }
+    w.moe.gate.gate = b.bf16(F + "gate.weight", E, D);
+    if (w.hash) {
+        w.moe.gate.tid2eid = b.data<int64_t>(F + "gate.tid2eid");
+        w.moe.gate.vocab = c.vocab_size;
+    } else {
+        w.moe.gate.bias = b.data<float>(F + "gate.bias");
+    }
+    const std::string S = F + "shared_experts.";
+    w.moe.shared = moe_shared_weights{b.fp8(S + "w1", I, D), b.fp8(S + "w3", I, D), b.fp8(S + "w2", D, I)};
+    w.moe.experts = w.experts.data();  // moving a vector keeps its buffer: valid wherever w goes
+    return w;
+}
+
+/// Binds every main-model tensor of `ck` as `cfg` describes it (validate_checkpoint has
+/// checked names and shapes when the caller asked for it).
+inline model_weights bind_model_weights(const model_config& c, const checkpoint& ck) {
+    const detail::weight_binder b{ck, c.hidden_size};
     model_weights m;
     m.embed = b.data<uint16_t>("embed.weight");
     m.norm = b.data<uint16_t>("norm.weight");
-    m.head = b.bf16("head.weight", c.vocab_size, D);
+    m.head = b.bf16("head.weight", c.vocab_size, c.hidden_size);
     m.hc_head = hc_head_weights{b.data<float>("hc_head_fn"), b.data<float>("hc_head_scale"), b.data<float>("hc_head_base")};
-
-    m.layers.resize(c.num_hidden_layers);
-    for (uint32_t l = 0; l < c.num_hidden_layers; ++l) {
-        layer_weights& w = m.layers[l];
-        const std::string P = "layers." + std::to_string(l) + ".", A = P + "attn.", F = P + "ffn.";
-        w.ratio = c.compress_ratios.at(l);
-        w.hash = is_hash_block(c, l);
-        w.hc_attn = b.hc_pre(P + "hc_attn");
-        w.hc_ffn = b.hc_pre(P + "hc_ffn");
-        w.attn_norm = b.data<uint16_t>(P + "attn_norm.weight");
-        w.ffn_norm = b.data<uint16_t>(P + "ffn_norm.weight");
-        w.q_norm = b.data<uint16_t>(A + "q_norm.weight");
-        w.kv_norm = b.data<uint16_t>(A + "kv_norm.weight");
-        w.wq_a = b.fp8(A + "wq_a", ql, D);
-        w.wq_b = b.fp8(A + "wq_b", H * hd, ql);
-        w.wkv = b.fp8(A + "wkv", hd, D);
-        w.wo_a = b.fp8(A + "wo_a", std::size_t(c.o_groups) * c.o_lora_rank, H * hd / c.o_groups);
-        w.wo_b = b.fp8(A + "wo_b", D, std::size_t(c.o_groups) * c.o_lora_rank);
-        w.sink = b.data<float>(A + "attn_sink");
-        if (w.ratio) w.comp = b.compressor(A + "compressor.", compressor_c(w.ratio) * hd);
-        if (w.ratio == 4) {
-            w.index.wq_b = b.fp8(A + "indexer.wq_b", std::size_t(c.index_n_heads) * c.index_head_dim, ql);
-            w.index.weights_proj = b.bf16(A + "indexer.weights_proj.weight", c.index_n_heads, D);
-            w.index.comp = b.compressor(A + "indexer.compressor.", 2 * std::size_t(c.index_head_dim));
-        }
-        w.experts.resize(E);
-        for (std::size_t e = 0; e < E; ++e) {
-            const std::string X = F + "experts." + std::to_string(e) + ".";
-            w.experts[e] = moe_expert_weights{b.fp4(X + "w1", I, D), b.fp4(X + "w3", I, D), b.fp4(X + "w2", D, I)};
-        }
-        w.moe.gate.gate = b.bf16(F + "gate.weight", E, D);
-        if (w.hash) {
-            w.moe.gate.tid2eid = b.data<int64_t>(F + "gate.tid2eid");
-            w.moe.gate.vocab = c.vocab_size;
-        } else {
-            w.moe.gate.bias = b.data<float>(F + "gate.bias");
-        }
-        const std::string S = F + "shared_experts.";
-        w.moe.shared = moe_shared_weights{b.fp8(S + "w1", I, D), b.fp8(S + "w3", I, D), b.fp8(S + "w2", D, I)};
-        w.moe.experts = w.experts.data();  // the vector is not resized again
-    }
+    m.layers.reserve(c.num_hidden_layers);
+    for (uint32_t l = 0; l < c.num_hidden_layers; ++l) m.layers.push_back(bind_block_weights(c, ck, l));
     return m;
 }
 
