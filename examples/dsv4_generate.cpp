@@ -4,11 +4,14 @@
 //   dsv4-generate --model DIR (--prompt-ids 0,5,17 | --prompt-file F) [--max-new-tokens N]
 //                 [--temperature T] [--top-p P] [--seed S] [--threads N] [--revision current|initial]
 //                 [--numerics reference|fast] [--chunk N] [--ignore-eos]
-//                 [--verify]
+//                 [--mtp | --draft K] [--verify]
 //   dsv4-generate --model DIR --verify
 //
 // Prints the generated ids as they come (one line), then load time, prefill and decode
-// tokens/s, peak RSS and bytes mapped. DSV4_ISA picks the kernel tier (runtime dispatch).
+// tokens/s, peak RSS and bytes mapped. --mtp / --draft K: speculative decoding with the
+// checkpoint's MTP block (K drafted tokens per main-model pass, default 1; greedy output is
+// the plain output, sampled output has its distribution); the summary adds rounds, drafted
+// and accepted tokens. DSV4_ISA picks the kernel tier (runtime dispatch).
 // Any problem (missing or malformed model directory, bad or out-of-vocabulary ids, bad
 // options, a non-finite hidden state or logit) is one line on stderr and exit status 1 (2
 // for usage errors).
@@ -22,12 +25,14 @@
 #include <dsv4/model/forward.hpp>
 #include <dsv4/kernel_table.hpp>
 #include <dsv4/model/sampling.hpp>
+#include <dsv4/model/speculative.hpp>
 
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/info.h>
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -51,11 +56,13 @@ void usage(FILE* f) {
                  "                     [--max-new-tokens N=16] [--temperature T=0 (greedy)] [--top-p P=1]\n"
                  "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
                  "                     [--max-context N] [--numerics reference|fast] [--chunk N=0]\n"
-                 "                     [--ignore-eos] [--verify]\n"
+                 "                     [--ignore-eos] [--mtp | --draft K] [--verify]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
                  "the routed experts on int8 activations. --chunk N prefills the prompt in pieces of N tokens\n"
                  "(memory bounded by N; 0 = one piece, the official prefill).\n"
+                 "--mtp drafts 1 token per main-model pass with the checkpoint's MTP block and verifies it\n"
+                 "in that pass (speculative decoding; same greedy output); --draft K drafts K (1 to 3).\n"
                  "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
                  "errors (exit 1 if any); without a prompt it verifies and exits.\n"
                  "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni|avx512_bf16 forces a kernel tier.\n");
@@ -131,7 +138,7 @@ double peak_rss_mib() {
 
 int run(int argc, char** argv) {
     std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference";
-    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0;
+    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, draft = 0;
     double temperature = 0.0, top_p = 1.0;
     bool verify_bytes = false, ignore_eos = false;
     for (int i = 1; i < argc; ++i) {
@@ -142,6 +149,10 @@ int run(int argc, char** argv) {
         }
         if (a == "--verify" || a == "--ignore-eos") {
             (a == "--verify" ? verify_bytes : ignore_eos) = true;
+            continue;
+        }
+        if (a == "--mtp") {
+            draft = draft ? draft : 1;
             continue;
         }
         if (i + 1 >= argc) throw usage_error(a + ": missing value (or unknown option)");
@@ -158,6 +169,7 @@ int run(int argc, char** argv) {
         else if (a == "--numerics") numerics = v;
         else if (a == "--max-context") max_ctx = count(a, v);
         else if (a == "--chunk") chunk = count(a, v);
+        else if (a == "--draft") draft = count(a, v);
         else throw usage_error("unknown option " + a);
     }
     if (model_dir.empty()) throw usage_error("--model DIR is required");
@@ -167,6 +179,7 @@ int run(int argc, char** argv) {
         throw usage_error("give one of --prompt-ids and --prompt-file (or --verify alone)");
     if (revision != "current" && revision != "initial") throw usage_error("--revision must be current or initial");
     if (numerics != "reference" && numerics != "fast") throw usage_error("--numerics must be reference or fast");
+    if (draft > 3) throw usage_error("--draft must be 1 to 3");
 
     if (verify_only) {  // config + schema as a run checks them, then every byte
         const dsv4::model_config cfg = dsv4::load_model_config(model_dir);
@@ -214,10 +227,21 @@ int run(int argc, char** argv) {
     const int64_t eos = ignore_eos ? -1 : m.config().eos_token_id;  // -1: none
     std::fflush(stdout);
 
-    dsv4::sequence_state s = m.new_sequence();
+    // plain: one main-model pass per token; speculative: drafts from the MTP block, verified
+    // and kept or rolled back in one pass of draft + 1 tokens
+    std::unique_ptr<dsv4::mtp_block> drafter;
+    std::unique_ptr<dsv4::speculative_decoder> spec;
+    if (draft) {
+        drafter = std::make_unique<dsv4::mtp_block>(m);
+        spec = std::make_unique<dsv4::speculative_decoder>(m, *drafter, draft,
+                                                           dsv4::sampling_params{float(temperature), float(top_p), seed});
+    }
+    dsv4::sequence_state s = spec ? dsv4::sequence_state{} : m.new_sequence();
     std::vector<float> logits(V);
+    std::vector<int64_t> pending;  // speculative: tokens of the last round not printed yet
     const auto t1 = clock::now();
-    if (chunk) m.prefill_chunked(s, prompt.data(), prompt.size(), chunk, logits.data());
+    if (spec) pending.push_back(spec->start(prompt.data(), prompt.size(), chunk ? chunk : prompt.size()));
+    else if (chunk) m.prefill_chunked(s, prompt.data(), prompt.size(), chunk, logits.data());
     else m.prefill(s, prompt.data(), prompt.size(), logits.data());
     const double prefill_s = std::chrono::duration<double>(clock::now() - t1).count();
 
@@ -226,25 +250,41 @@ int run(int argc, char** argv) {
     double decode_s = 0;
     uint64_t decoded = 0;
     for (uint64_t j = 0; j < max_new; ++j) {
-        const int32_t id = smp.pick(logits.data(), V);
-        std::printf(" %d", id);
+        if (spec && pending.empty()) {
+            const auto t2 = clock::now();
+            spec->step(pending);
+            decode_s += std::chrono::duration<double>(clock::now() - t2).count();
+            std::reverse(pending.begin(), pending.end());  // taken from the back
+        }
+        const int64_t id = spec ? pending.back() : smp.pick(logits.data(), V);
+        if (spec) pending.pop_back();
+        std::printf(" %lld", (long long)id);
         std::fflush(stdout);
         if (id == eos) {
             std::printf(" (eos)");
             break;
         }
         if (j + 1 == max_new) break;
+        ++decoded;
+        if (spec) continue;
         const auto t2 = clock::now();
         m.decode(s, id, logits.data());
         decode_s += std::chrono::duration<double>(clock::now() - t2).count();
-        ++decoded;
     }
     std::printf("\n");
     const auto mem = m.weights().memory();
-    std::printf("load %.3f s | prefill %zu tokens%s %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.1f tokens/s\n",
-                load_s, prompt.size(), chunk ? (" (chunks of " + std::to_string(chunk) + ")").c_str() : "", prefill_s,
-                double(prompt.size()) / prefill_s, (unsigned long long)decoded,
+    std::printf("load %.3f s | prefill %zu tokens%s%s %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.1f tokens/s",
+                load_s, prompt.size(), chunk ? (" (chunks of " + std::to_string(chunk) + ")").c_str() : "",
+                spec ? " + MTP block" : "", prefill_s, double(prompt.size()) / prefill_s, (unsigned long long)decoded,
                 decode_s, decoded ? double(decoded) / decode_s : 0.0);
+    if (spec) {
+        const dsv4::speculative_stats& st = spec->stats();
+        std::printf(" | mtp draft %llu: %zu passes, %zu drafted, %zu accepted (%.1f %%), %.2f tokens per pass",
+                    (unsigned long long)draft, st.rounds, st.drafted, st.accepted,
+                    st.drafted ? 100.0 * double(st.accepted) / double(st.drafted) : 0.0,
+                    st.rounds ? double(st.rounds + st.accepted) / double(st.rounds) : 0.0);
+    }
+    std::printf("\n");
     std::printf("peak RSS %.1f MiB | mapped %.1f MiB in %zu files", peak_rss_mib(), double(mem.bytes_mapped) / 1048576.0,
                 mem.files);
     if (mem.bytes_touched) std::printf(" (%.1f MiB touched)", double(*mem.bytes_touched) / 1048576.0);
