@@ -64,7 +64,8 @@ struct speculative_stats {
 /// One sequence generated with MTP drafts (file comment). The model and block must outlive it.
 class speculative_decoder {
 public:
-    /// draft: tokens drafted per round, 1 to max_rollback_tokens (4 for V4-Flash).
+    /// draft: tokens drafted per round, 1 to max_rollback_tokens - 1 (3 for V4-Flash: the
+    /// verifying append of draft + 1 tokens must roll back exactly).
     speculative_decoder(const model& m, const mtp_block& drafter, std::size_t draft, const sampling_params& sp)
         : m_(m), d_(drafter), k_(draft), smp_(m.vocab(), sp), s_(m.new_sequence()), ds_(drafter.new_sequence()) {
         detail::require(&drafter.main_model() == &m, "speculative_decoder", "the MTP block belongs to another model");
