@@ -80,13 +80,14 @@ struct runner {
     explicit runner(const comp_case& cc) : c(cc), w(cc.weights()), cfg(cc.config()) {
         scratch.resize(dsv4::compressor_scratch_bytes(cfg, c.dim) + 1);
     }
-    /// Prefill of the first n0 tokens (none if n0 == 0), then decode steps up to `total`.
-    template <class Exec = dsv4::serial_executor>
-    run_result run(std::size_t n0, std::size_t total, Exec ex = {}) {
+    /// Prefill of the first n0 tokens (none if n0 == 0), then `rest(state, cache, scratch,
+    /// bytes)` up to `total`; the entries NaN-poisoned so that every emitted one must be written.
+    template <class Exec, class Rest>
+    run_result drive(std::size_t n0, std::size_t total, Exec ex, Rest&& rest) {
         run_result r;
         dsv4::compressor_state_init(r.st, cfg);
         const std::size_t cap = total / c.ratio + 1;
-        r.entries.assign(cap * c.d, 0xFFFF);  // NaN-poisoned: every emitted entry must be written
+        r.entries.assign(cap * c.d, 0xFFFF);
         const dsv4::compressor_cache cache{r.entries.data(), c.d, cap};
         void* ws = scratch.data() + 1;  // odd alignment on purpose
         const std::size_t wb = scratch.size() - 1;
@@ -94,35 +95,35 @@ struct runner {
             const std::size_t n = dsv4::compressor_prefill_on(ex, r.st, w, cfg, c.x.data(), c.dim, n0, cache, ws, wb);
             CHECK(n == n0 / c.ratio);
         }
-        for (std::size_t p = n0; p < total; ++p) {
-            const bool e = dsv4::compressor_decode_on(ex, r.st, w, cfg, c.x.data() + p * c.dim, int64_t(p), cache, ws, wb);
-            CHECK(e == ((p + 1) % c.ratio == 0));
-        }
+        rest(r.st, cache, ws, wb);
         r.n = total / c.ratio;
         r.entries.resize(r.n * c.d);
         CHECK(r.st.next_pos == int64_t(total));
         return r;
     }
-    /// Prefill of n0 tokens (none if 0), then compressor_append in pieces of `piece` up to total.
+    /// Prefill of n0 tokens, then decode steps up to `total`.
+    template <class Exec = dsv4::serial_executor>
+    run_result run(std::size_t n0, std::size_t total, Exec ex = {}) {
+        return drive(n0, total, ex, [&](dsv4::compressor_state& st, const dsv4::compressor_cache& cache, void* ws,
+                                        std::size_t wb) {
+            for (std::size_t p = n0; p < total; ++p) {
+                const bool e = dsv4::compressor_decode_on(ex, st, w, cfg, c.x.data() + p * c.dim, int64_t(p), cache, ws, wb);
+                CHECK(e == ((p + 1) % c.ratio == 0));
+            }
+        });
+    }
+    /// Prefill of n0 tokens, then compressor_append in pieces of `piece` up to `total`.
     run_result append(std::size_t n0, std::size_t piece, std::size_t total) {
-        run_result r;
-        dsv4::compressor_state_init(r.st, cfg);
-        const std::size_t cap = total / c.ratio + 1;
-        r.entries.assign(cap * c.d, 0xFFFF);
-        const dsv4::compressor_cache cache{r.entries.data(), c.d, cap};
-        void* ws = scratch.data() + 1;
-        const std::size_t wb = scratch.size() - 1;
-        if (n0 > 0) dsv4::compressor_prefill(r.st, w, cfg, c.x.data(), c.dim, n0, cache, ws, wb);
-        for (std::size_t p = n0; p < total; p += piece) {
-            const std::size_t len = std::min(piece, total - p);
-            const std::size_t n = dsv4::par::compressor_append(r.st, w, cfg, c.x.data() + p * c.dim, c.dim, len,
-                                                               int64_t(p), cache, ws, wb);
-            CHECK(n == (p + len) / c.ratio - p / c.ratio);
-        }
-        r.n = total / c.ratio;
-        r.entries.resize(r.n * c.d);
-        CHECK(r.st.next_pos == int64_t(total));
-        return r;
+        return drive(n0, total, dsv4::serial_executor{}, [&](dsv4::compressor_state& st,
+                                                              const dsv4::compressor_cache& cache, void* ws,
+                                                              std::size_t wb) {
+            for (std::size_t p = n0; p < total; p += piece) {
+                const std::size_t len = std::min(piece, total - p);
+                const std::size_t n = dsv4::par::compressor_append(st, w, cfg, c.x.data() + p * c.dim, c.dim, len,
+                                                                   int64_t(p), cache, ws, wb);
+                CHECK(n == (p + len) / c.ratio - p / c.ratio);
+            }
+        });
     }
 };
 

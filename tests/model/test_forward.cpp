@@ -6,6 +6,7 @@
 //   golden's top1-top2 margin > 0.1;
 //   130/300-token prompts and decode rows: relative RMS per row = ||Δ|| / ||golden||: median
 //   <= 0.07, >= 90 % of rows <= 0.10, every row <= 0.4.
+#include "npy.hpp"
 #include "test_support.hpp"
 
 #include <dsv4/model/forward.hpp>
@@ -528,6 +529,49 @@ TEST_CASE("forward: a saved session continues exactly where it stopped; foreign 
     }
     expect([&] { dsv4::load_session(m, t, path); }, "ends early");
     std::remove(path.c_str());
+}
+
+TEST_CASE("forward: a sliding window of 64 and no MTP field (accepted by the official code) against the reference") {
+    const char* dir = std::getenv("DSV4_W64_MODEL");
+    const char* gold = std::getenv("DSV4_W64_GOLDENS");
+    REQUIRE_MESSAGE((dir && gold), "DSV4_W64_MODEL / DSV4_W64_GOLDENS are not set (ctest sets them)");
+    const dsv4::model m = dsv4::model::open(dir);
+    REQUIRE(m.config().sliding_window == 64);
+    CHECK(m.config().num_nextn_predict_layers == 0);
+    const std::size_t V = m.vocab();
+    auto load = [&](const std::string& c, const std::string& key) {
+        return npy::load(std::string(gold) + "/forward/" + c + "/" + key + ".npy");
+    };
+    std::vector<float> lg(V);
+    for (const char* name : {"prefill_S1", "prefill_S7", "prefill_S130", "prefill_S300"}) {
+        const auto ids = load(name, "ids").as<int64_t>();
+        const auto want = load(name, "logits").as<float>();
+        auto s = m.new_sequence();
+        m.prefill(s, ids.data(), ids.size(), lg.data());
+        const double d = max_abs(lg.data(), want.data(), V), r = rel_rms(lg.data(), want.data(), V);
+        MESSAGE(std::string(name) << " (window 64): max |dlogit| " << d << ", rel RMS " << r);
+        if (ids.size() <= 7) CHECK(d <= 0.05);
+        else CHECK(r <= 0.4);
+    }
+    // teacher-forced decode: the ring of 64 slots, decode lists of 64 columns
+    const auto ids = load("decode_S300_steps64", "ids").as<int64_t>();
+    const auto want = load("decode_S300_steps64", "logits").as<float>();
+    auto s = m.new_sequence();
+    m.prefill(s, ids.data(), 300, lg.data());
+    row_stats st;
+    for (std::size_t j = 0; j < 64; ++j) {
+        m.decode(s, ids[300 + j], lg.data());
+        st.add(rel_rms(lg.data(), want.data() + j * V, V));
+    }
+    st.check("decode_S300_steps64 (window 64)");
+    // extend == decode with this window too
+    auto a = m.new_sequence(), b = m.new_sequence();
+    std::vector<float> la(V), lb(V);
+    m.prefill(a, ids.data(), 5, la.data());
+    m.prefill(b, ids.data(), 5, lb.data());
+    m.extend(a, ids.data() + 5, 150, la.data());
+    for (std::size_t p = 5; p < 155; ++p) m.decode(b, ids[p], lb.data());
+    CHECK(std::equal(la.begin(), la.end(), lb.begin(), [](float x, float y) { return same_float(x, y); }));
 }
 
 TEST_CASE("forward: argument errors") {
