@@ -78,12 +78,15 @@ public:
         if (opt.validate) validate_checkpoint(c.cfg, *c.ck);
         init_model_context(c);
         c.w = bind_model_weights(c.cfg, *c.ck);
+        if (opt.ram_budget && opt.ram_budget < routed_expert_bytes(*c.ck)) c.stream = make_expert_streamer(c.cfg, *c.ck, opt);
         return m;
     }
 
     const model_config& config() const noexcept { return ctx_->cfg; }
     const checkpoint& weights() const noexcept { return *ctx_->ck; }
     const forward_options& options() const noexcept { return ctx_->opt; }
+    /// The routed-expert cache when streaming (forward_options::ram_budget), else null.
+    const expert_streamer* streamer() const noexcept { return ctx_->stream.get(); }
     std::size_t vocab() const noexcept { return ctx_->cfg.vocab_size; }
     std::size_t max_context() const noexcept { return ctx_->max_ctx; }
 
