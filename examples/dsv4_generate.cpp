@@ -12,7 +12,8 @@
 // routed experts is copied into memory at load, the routed experts stream from disk into a
 // cache of that many bytes (--cache policy, --io-threads concurrent reads, O_DIRECT unless
 // --no-direct); the summary adds the cache's hit rate and bytes read per decoded token.
-// --trace FILE writes the routing trace (one line of expert ids per layer and chunk; needs
+// --warmup N leaves the first N decoded tokens out of the decode tokens/s and the cache's
+// decode counters (a steady-state measurement). --trace FILE writes the routing trace (one line of expert ids per layer and chunk; needs
 // --ram-budget) for dsv4-stream-bench replay.
 //
 // Prints the generated ids as they come (one line), then load time, prefill and decode
@@ -61,7 +62,7 @@ void usage(FILE* f) {
                  "                     [--max-context N] [--numerics reference|fast] [--chunk N=0]\n"
                  "                     [--ignore-eos] [--verify]\n"
                  "                     [--ram-budget BYTES[K|M|G] [--cache lru|lfu] [--io-threads N=8] [--no-direct]\n"
-                 "                      [--lock-resident] [--trace FILE]]\n"
+                 "                      [--lock-resident] [--trace FILE]] [--warmup N=0]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
                  "the routed experts on int8 activations. --chunk N prefills the prompt in pieces of N tokens\n"
@@ -153,7 +154,7 @@ double peak_rss_mib() {
 
 int run(int argc, char** argv) {
     std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference", trace, cache = "lru";
-    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, ram_budget = 0, io_threads = 8;
+    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, ram_budget = 0, io_threads = 8, warmup = 0;
     double temperature = 0.0, top_p = 1.0;
     bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false;
     for (int i = 1; i < argc; ++i) {
@@ -188,6 +189,7 @@ int run(int argc, char** argv) {
         else if (a == "--trace") trace = v;
         else if (a == "--cache") cache = v;
         else if (a == "--io-threads") io_threads = count(a, v);
+        else if (a == "--warmup") warmup = count(a, v);
         else throw usage_error("unknown option " + a);
     }
     if (model_dir.empty()) throw usage_error("--model DIR is required");
@@ -260,7 +262,8 @@ int run(int argc, char** argv) {
     else m.prefill(s, prompt.data(), prompt.size(), logits.data());
     const double prefill_s = std::chrono::duration<double>(clock::now() - t1).count();
     const dsv4::expert_streamer* xs = m.streamer();
-    const dsv4::expert_store_stats st0 = xs ? xs->store->stats() : dsv4::expert_store_stats{};
+    const dsv4::expert_store_stats st_prefill = xs ? xs->store->stats() : dsv4::expert_store_stats{};
+    dsv4::expert_store_stats st0 = st_prefill;
 
     std::printf("generated:");
     std::fflush(stdout);
@@ -277,12 +280,18 @@ int run(int argc, char** argv) {
         if (j + 1 == max_new) break;
         const auto t2 = clock::now();
         m.decode(s, id, logits.data());
-        decode_s += std::chrono::duration<double>(clock::now() - t2).count();
-        ++decoded;
+        if (j >= warmup) {
+            decode_s += std::chrono::duration<double>(clock::now() - t2).count();
+            ++decoded;
+        } else if (xs && j + 1 == warmup) {
+            st0 = xs->store->stats();
+        }
     }
     std::printf("\n");
     const auto mem = m.weights().memory();
-    std::printf("load %.3f s | prefill %zu tokens%s %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.1f tokens/s\n",
+    if (warmup) std::printf("(the first %llu decoded tokens are left out of the decode numbers: --warmup)\n",
+                            (unsigned long long)warmup);
+    std::printf("load %.3f s | prefill %zu tokens%s %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.2f tokens/s\n",
                 load_s, prompt.size(), chunk ? (" (chunks of " + std::to_string(chunk) + ")").c_str() : "", prefill_s,
                 double(prompt.size()) / prefill_s, (unsigned long long)decoded,
                 decode_s, decoded ? double(decoded) / decode_s : 0.0);
@@ -302,7 +311,7 @@ int run(int argc, char** argv) {
                     xs->resident.seconds, lock_resident ? (xs->resident.locked ? ", mlocked" : ", mlock failed") : "");
         std::printf("experts: prefill %llu hits %llu misses | decode %llu hits %llu misses = hit rate %.1f %%, "
                     "%.1f MiB hit + %.1f MiB read per token, %.1f MiB read in all, %.3f s waiting for reads\n",
-                    (unsigned long long)st0.hits, (unsigned long long)st0.misses, (unsigned long long)h,
+                    (unsigned long long)st_prefill.hits, (unsigned long long)st_prefill.misses, (unsigned long long)h,
                     (unsigned long long)mi, h + mi ? 100.0 * double(h) / double(h + mi) : 0.0,
                     decoded ? double(h) * slot / mib / double(decoded) : 0.0,
                     decoded ? double(mi) * slot / mib / double(decoded) : 0.0, double(st.bytes_read) / mib,
