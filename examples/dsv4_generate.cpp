@@ -61,7 +61,7 @@ void usage(FILE* f) {
                  "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
                  "                     [--max-context N] [--numerics reference|fast] [--chunk N=0]\n"
                  "                     [--ignore-eos] [--verify]\n"
-                 "                     [--ram-budget BYTES[K|M|G] [--cache lru|lfu] [--io-threads N=8] [--no-direct]\n"
+                 "                     [--ram-budget BYTES[K|M|G] [--cache lfu|lru] [--io-threads N=8] [--no-direct]\n"
                  "                      [--lock-resident] [--trace FILE]] [--warmup N=0]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
@@ -153,7 +153,7 @@ double peak_rss_mib() {
 }
 
 int run(int argc, char** argv) {
-    std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference", trace, cache = "lru";
+    std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference", trace, cache = "lfu";
     uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, ram_budget = 0, io_threads = 8, warmup = 0;
     double temperature = 0.0, top_p = 1.0;
     bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false;
@@ -310,12 +310,12 @@ int run(int argc, char** argv) {
                     xs->store->direct() ? "O_DIRECT" : "buffered", opt.io_threads, double(xs->resident.bytes) / mib,
                     xs->resident.seconds, lock_resident ? (xs->resident.locked ? ", mlocked" : ", mlock failed") : "");
         std::printf("experts: prefill %llu hits %llu misses | decode %llu hits %llu misses = hit rate %.1f %%, "
-                    "%.1f MiB hit + %.1f MiB read per token, %.1f MiB read in all, %.3f s waiting for reads\n",
+                    "%.1f MiB hit + %.1f MiB read per token, %.1f MiB read in all, %.3f s of the decode waiting for reads\n",
                     (unsigned long long)st_prefill.hits, (unsigned long long)st_prefill.misses, (unsigned long long)h,
                     (unsigned long long)mi, h + mi ? 100.0 * double(h) / double(h + mi) : 0.0,
                     decoded ? double(h) * slot / mib / double(decoded) : 0.0,
                     decoded ? double(mi) * slot / mib / double(decoded) : 0.0, double(st.bytes_read) / mib,
-                    st.wait_seconds);
+                    st.wait_seconds - st0.wait_seconds);
     }
     return 0;
 }

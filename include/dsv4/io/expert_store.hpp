@@ -231,7 +231,7 @@ inline resident_report make_resident(const checkpoint& ck, const std::function<b
 /// Options of an expert_store.
 struct expert_store_options {
     uint64_t budget_bytes = 0;               ///< slot memory: budget / slot size slots
-    cache_policy policy = cache_policy::lru;
+    cache_policy policy = cache_policy::lfu;
     unsigned io_threads = 8;                 ///< concurrent reads (the queue depth)
     bool direct = true;                      ///< O_DIRECT where the file system takes it
     uint64_t piece_bytes = uint64_t(4) << 20;  ///< reads are split into pieces of at most this
