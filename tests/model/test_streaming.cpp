@@ -112,6 +112,7 @@ TEST_CASE("streaming: a budget of topk expert slots gives the mapped model's log
         const dsv4::model m = dsv4::model::open(toy_dir(), o);
         REQUIRE(m.streamer() != nullptr);
         CHECK(m.streamer()->store->slots() == slots);
+        CHECK(m.streamer()->store->memory_bytes() <= o.ram_budget);  // the cache's memory is the budget's
         std::vector<int64_t> t1;
         const auto got = run(m, steps, &t1);
         CHECK(t1 == t0);
