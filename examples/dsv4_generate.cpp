@@ -6,6 +6,8 @@
 //                 [--numerics reference|fast] [--chunk N] [--ignore-eos]
 //                 [--verify] [--ram-budget BYTES [--cache lru|lfu] [--io-threads N] [--no-direct]
 //                 [--lock-resident]] [--trace FILE]
+//   dsv4-generate --model DIR --prompt "text" [--think] [--system TEXT] [--raw] [--tokenizer FILE]
+//   dsv4-generate --model DIR --chat [--think] [--system TEXT] [--save-session F] [--load-session F]
 //   dsv4-generate --model DIR --verify
 //
 // --ram-budget (e.g. 12G): a checkpoint larger than RAM (docs/streaming.md): everything but the
@@ -13,8 +15,11 @@
 // cache of that many bytes (--cache policy, --io-threads concurrent reads, O_DIRECT unless
 // --no-direct); the summary adds the cache's hit rate and bytes read per decoded token.
 // --warmup N leaves the first N decoded tokens out of the decode tokens/s and the cache's
-// decode counters (a steady-state measurement). --trace FILE writes the routing trace (one line of expert ids per layer and chunk; needs
-// --ram-budget) for dsv4-stream-bench replay.
+// decode counters (a steady-state measurement). --trace FILE writes the routing trace (one
+// line of expert ids per layer and chunk; needs --ram-budget) for dsv4-stream-bench replay.
+//
+// Text mode (--prompt / --chat; examples/generate_text.hpp): the checkpoint's tokenizer.json,
+// the DeepSeek-V4 chat encoding, streaming text, turns appended to the live sequence.
 //
 // Prints the generated ids as they come (one line), then load time, prefill and decode
 // tokens/s, peak RSS and bytes mapped. DSV4_ISA picks the kernel tier (runtime dispatch).
@@ -28,8 +33,10 @@
 // bad tensor on stderr (the first 20), a summary on stdout; exit status 1 if anything is
 // wrong. Without a prompt it verifies and exits; with one it generates only from a clean
 // checkpoint.
-#include <dsv4/model/forward.hpp>
+#include "generate_text.hpp"
+
 #include <dsv4/kernel_table.hpp>
+#include <dsv4/model/forward.hpp>
 #include <dsv4/model/sampling.hpp>
 
 #include <oneapi/tbb/global_control.h>
@@ -56,7 +63,9 @@ struct usage_error : std::runtime_error {
 
 void usage(FILE* f) {
     std::fprintf(f,
-                 "usage: dsv4-generate --model DIR (--prompt-ids ID,ID,... | --prompt-file FILE)\n"
+                 "usage: dsv4-generate --model DIR (--prompt-ids ID,ID,... | --prompt-file FILE |\n"
+                 "                     --prompt TEXT | --chat) [--think] [--system TEXT] [--raw] [--tokenizer FILE]\n"
+                 "                     [--save-session FILE] [--load-session FILE]\n"
                  "                     [--max-new-tokens N=16] [--temperature T=0 (greedy)] [--top-p P=1]\n"
                  "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
                  "                     [--max-context N] [--numerics reference|fast] [--chunk N=0]\n"
@@ -69,6 +78,10 @@ void usage(FILE* f) {
                  "(memory bounded by N; 0 = one piece, the official prefill).\n"
                  "--ram-budget streams the routed experts from disk into a cache of that many bytes (the\n"
                  "rest is copied into memory at load); --trace FILE records the routing (docs/streaming.md).\n"
+                 "--prompt: one user turn through the chat template (--raw: plain text after BOS); --chat: one\n"
+                 "turn per stdin line until EOF, each appended to the live sequence; --think: thinking mode,\n"
+                 "the reasoning printed apart; the tokenizer is DIR/tokenizer.json unless --tokenizer.\n"
+                 "--save-session / --load-session: the sequence's whole state and the conversation.\n"
                  "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
                  "errors (exit 1 if any); without a prompt it verifies and exits.\n"
                  "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni|avx512_bf16 forces a kernel tier.\n");
@@ -157,6 +170,7 @@ int run(int argc, char** argv) {
     uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, ram_budget = 0, io_threads = 8, warmup = 0;
     double temperature = 0.0, top_p = 1.0;
     bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false;
+    generate_text::options text;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "-h" || a == "--help") {
@@ -169,6 +183,10 @@ int run(int argc, char** argv) {
         }
         if (a == "--no-direct" || a == "--lock-resident") {
             (a == "--no-direct" ? no_direct : lock_resident) = true;
+            continue;
+        }
+        if (a == "--chat" || a == "--think" || a == "--raw") {
+            (a == "--chat" ? text.chat : a == "--think" ? text.think : text.raw) = true;
             continue;
         }
         if (i + 1 >= argc) throw usage_error(a + ": missing value (or unknown option)");
@@ -190,13 +208,24 @@ int run(int argc, char** argv) {
         else if (a == "--cache") cache = v;
         else if (a == "--io-threads") io_threads = count(a, v);
         else if (a == "--warmup") warmup = count(a, v);
+        else if (a == "--prompt") text.prompt = v;
+        else if (a == "--tokenizer") text.tokenizer_path = v;
+        else if (a == "--system") text.system = v;
+        else if (a == "--save-session") text.save_session = v;
+        else if (a == "--load-session") text.load_session = v;
         else throw usage_error("unknown option " + a);
     }
     if (model_dir.empty()) throw usage_error("--model DIR is required");
-    if (!ids_text.empty() && !ids_file.empty()) throw usage_error("give only one of --prompt-ids and --prompt-file");
-    const bool verify_only = verify_bytes && ids_text.empty() && ids_file.empty();
-    if (!verify_only && ids_text.empty() && ids_file.empty())
-        throw usage_error("give one of --prompt-ids and --prompt-file (or --verify alone)");
+    const bool text_mode = !text.prompt.empty() || text.chat;
+    if (int(!ids_text.empty()) + int(!ids_file.empty()) + int(text_mode) > 1)
+        throw usage_error("give only one of --prompt-ids, --prompt-file and --prompt/--chat");
+    if (!text_mode && (text.think || text.raw || !text.system.empty() || !text.tokenizer_path.empty() ||
+                       !text.save_session.empty() || !text.load_session.empty()))
+        throw usage_error("--think, --raw, --system, --tokenizer and the session options go with --prompt or --chat");
+    if (text.raw && (text.think || !text.system.empty())) throw usage_error("--raw takes no chat template (--think, --system)");
+    const bool verify_only = verify_bytes && ids_text.empty() && ids_file.empty() && !text_mode;
+    if (!verify_only && ids_text.empty() && ids_file.empty() && !text_mode)
+        throw usage_error("give one of --prompt-ids, --prompt-file, --prompt and --chat (or --verify alone)");
     if (revision != "current" && revision != "initial") throw usage_error("--revision must be current or initial");
     if (numerics != "reference" && numerics != "fast") throw usage_error("--numerics must be reference or fast");
     if (cache != "lru" && cache != "lfu") throw usage_error("--cache must be lru or lfu");
@@ -214,9 +243,9 @@ int run(int argc, char** argv) {
     if (!ids_file.empty()) {
         std::ifstream f(ids_file);
         if (!f) throw dsv4::error(ids_file + ": cannot open prompt file");
-        const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-        prompt = parse_ids(text, ids_file);
-    } else {
+        const std::string content((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        prompt = parse_ids(content, ids_file);
+    } else if (!ids_text.empty()) {
         prompt = parse_ids(ids_text, "--prompt-ids");
     }
 
@@ -241,6 +270,19 @@ int run(int argc, char** argv) {
     const dsv4::model m = dsv4::model::open(model_dir, opt);
     const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
     if (verify_bytes && !verify(m.weights(), model_dir, threads)) return 1;
+
+    if (text_mode) {
+        dsv4::sampler smp(m.vocab(), dsv4::sampling_params{float(temperature), float(top_p), seed});
+        std::printf("model %s: %u layers, vocab %zu, tier %s, %d threads, %s numerics; load %.3f s\n",
+                    model_dir.c_str(), m.config().num_hidden_layers, m.vocab(), std::string(dsv4::tier_name(tier)).c_str(),
+                    int(threads ? threads : uint64_t(tbb::info::default_concurrency())), numerics.c_str(), load_s);
+        text.max_new = max_new;
+        text.chunk = chunk;
+        text.ignore_eos = ignore_eos;
+        const int rc = generate_text::run(m, text, model_dir, smp);
+        std::printf("peak RSS %.1f MiB\n", peak_rss_mib());
+        return rc;
+    }
 
     const std::size_t V = m.vocab();
     dsv4::check_token_ids(std::span<const int64_t>(prompt), V);

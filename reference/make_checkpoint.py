@@ -49,6 +49,9 @@ removes one (``--unset num_nextn_predict_layers``: no MTP block, as the official
 config). The schema follows the edited config: e.g. toy with ``--set o_lora_rank=64`` (o_groups
 2: o_groups * o_lora_rank = 128), ``--set index_head_dim=96`` or ``--set sliding_window=64``.
 
+Also writes tokenizer.json + tokenizer_config.json (reference/make_tokenizer.py's pure-Python toy
+tokenizer: the official structure, byte-level BPE with a few merges, vocab = the config's).
+
 Deterministic: every tensor (and chunk) has its own generator seeded from (--seed, crc32(name)).
 Only NumPy and the standard library (plus dsv4_ref, which is NumPy only).
 """
@@ -68,6 +71,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from dsv4_ref import formats as FM  # noqa: E402
 from dsv4_ref.moe import quantize_fp4_weight, quantize_fp8_weight  # noqa: E402
+import make_tokenizer  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 # configs (HF field names of the official root config.json)
@@ -429,6 +433,9 @@ def write_checkpoint(cfg, out, seed, quant, n_shards, progress, spot_dir=None, s
         if stale.exists():
             stale.unlink()
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    # tokenizer.json + tokenizer_config.json in the official structure, vocab = the config's
+    # (pure Python: no `tokenizers` needed here)
+    make_tokenizer.write_dir(out, make_tokenizer.toy_tokenizer(cfg["vocab_size"]), cfg["max_position_embeddings"])
     entries = schema(cfg)
     shapes = {e[0]: e[2] for e in entries}
     groups = plan_shards(entries, n_shards)

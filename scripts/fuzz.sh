@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers of untrusted input: safetensors headers, model.safetensors.index.json,
-# config.json and tests/npy.hpp. Builds the libFuzzer targets (clang-14, ASan + UBSan) in
-# build-fuzz/, then runs each for a bounded time on a corpus grown in build-fuzz/corpus/<target>
-# from the seeds written by the build (build-fuzz/fuzz-seeds/<target>).
+# config.json, tests/npy.hpp and tokenizer.json (dsv4::text, when PCRE2 and ICU are installed).
+# Builds the libFuzzer targets (clang-14, ASan + UBSan) in build-fuzz/, then runs each for a
+# bounded time on a corpus grown in build-fuzz/corpus/<target> from the seeds written by the
+# build (build-fuzz/fuzz-seeds/<target>).
 #
 #   ./scripts/fuzz.sh [seconds-per-target] [target...]     default: 60 s, every target
 #   DSV4_FUZZ_RUNS=N ./scripts/fuzz.sh SECS ...               also stop each target after N executions
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(safetensors_header index_json config_json npy_file)
+((${#targets[@]})) || targets=(safetensors_header index_json config_json npy_file tokenizer_json)
 jobs=$(nproc)
 
 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 -DDSV4_FUZZ=ON \

@@ -13,6 +13,9 @@ packages=(
   libclang-rt-14-dev                            # libFuzzer + sanitizer runtimes (scripts/fuzz.sh, build-asan/, build-tsan/)
   llvm-14                                       # llvm-symbolizer: file:line in sanitizer reports
   python3 python3-numpy                         # reference/ and the goldens
+  libpcre2-dev pkg-config                       # dsv4::text: the pre-tokenizer's Unicode regexes (PCRE2 JIT: 5x Oniguruma)
+  libicu-dev                                    # dsv4::text: NFC normalizer, White_Space/Alphabetic of added tokens
+  python3-venv                                  # .venv with Hugging Face `tokenizers` (tokenizer goldens)
 )
 
 missing=()
@@ -32,4 +35,13 @@ if ((${#missing[@]})); then
 fi
 
 /usr/bin/python3 -c "import numpy" || { echo "setup: /usr/bin/python3 cannot import numpy" >&2; exit 1; }
+
+# .venv: Debian's python3 (NumPy from the system) plus PyPI's `tokenizers`, which
+# reference/make_tokenizer.py needs for the tokenizer goldens; CMake prefers .venv/bin/python3.
+cd "$(dirname "$0")/.."
+if ! .venv/bin/python3 -c "import numpy, tokenizers" 2>/dev/null; then
+  echo "setup: creating .venv with tokenizers"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/python3 -m pip install --quiet "tokenizers>=0.20"
+fi
 echo "setup: all dependencies present"

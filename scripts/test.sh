@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 jobs=$(nproc)
-py=-DDSV4_PYTHON=/usr/bin/python3
+# .venv (scripts/setup.sh): Debian python3 + NumPy from the system + `tokenizers` (tokenizer goldens)
+py=-DDSV4_PYTHON=$PWD/.venv/bin/python3
 
 stage_name="" stage_t0=$SECONDS
 stage() {  # stage TITLE: closes the previous stage (prints its time), opens the next

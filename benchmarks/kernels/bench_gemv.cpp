@@ -7,11 +7,18 @@
 //                                           (bf16 block activations, vdpbf16ps on avx512_bf16)
 //   fp8_gemv_ref/<tier>/..., fp8_grouped_gemv_ref/<tier>/...              reference mode
 //   bf16_gemv/<tier>/..., f32_gemv/<tier>/...
+//   gemv_hot/<fmt>/<tier>/<N>x<K>/m<M>/t1   hot rate per core: one ~1 MiB copy of the weights
+//                                           (L2-resident), one thread, rates over CPU time;
+//                                           fmt fp4, fp4_ref, fp8, fp8_ref, bf16
+//   gemv_hot_core/<fmt>/<tier>/<class>/...  the same (m1) on one core of each core class
+//                                           (hybrid.hpp: P, E; "any" on one-type CPUs)
 // Counters: bytes_per_second (weight bytes), GFLOP/s, bw_frac = achieved bytes/s over the
-// streaming-read ceiling measured by this binary on the same bytes (same copies, threads).
+// streaming-read ceiling measured by this binary on the same bytes (same copies, threads;
+// for gemv_hot the L2-resident read rate).
 #include "bench_common.hpp"
 
 #include <dsv4/gemv.hpp>
+#include <dsv4/hybrid.hpp>
 
 #include <functional>
 #include <random>
@@ -27,9 +34,9 @@ struct weight_set {
     std::vector<bench::buffer> w, s;
 };
 
-weight_set& weights(fmt f, std::size_t n, std::size_t k) {
-    static std::map<std::tuple<int, std::size_t, std::size_t>, std::unique_ptr<weight_set>> cache;
-    auto& slot = cache[{int(f), n, k}];
+weight_set& weights(fmt f, std::size_t n, std::size_t k, bool hot = false) {
+    static std::map<std::tuple<int, std::size_t, std::size_t, bool>, std::unique_ptr<weight_set>> cache;
+    auto& slot = cache[{int(f), n, k, hot}];
     if (slot) return *slot;
     slot = std::make_unique<weight_set>();
     weight_set& ws = *slot;
@@ -42,7 +49,7 @@ weight_set& weights(fmt f, std::size_t n, std::size_t k) {
         case fmt::bf16: ws.w_bytes = n * k * 2; ws.s_bytes = 0; break;
         case fmt::f32: ws.w_bytes = n * k * 4; ws.s_bytes = 0; break;
     }
-    const std::size_t copies = bench::cold_copies(ws.w_bytes + ws.s_bytes);
+    const std::size_t copies = hot ? 1 : bench::cold_copies(ws.w_bytes + ws.s_bytes);
     std::mt19937_64 rng(n * 31 + k);
     for (std::size_t c = 0; c < copies; ++c) {
         ws.w.emplace_back(ws.w_bytes);
@@ -134,10 +141,12 @@ std::string shape_name(std::size_t n, std::size_t k, std::size_t m, int t) {
     return std::to_string(n) + "x" + std::to_string(k) + "/m" + std::to_string(m) + "/t" + std::to_string(t);
 }
 
-void reg(const std::string& name, std::function<void(benchmark::State&)> fn) {
-    benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& st) { fn(st); })
-        ->UseRealTime()
-        ->Unit(benchmark::kMicrosecond);
+/// real_time = false: rates over the thread's CPU time (one-thread hot runs: a neighbour's
+/// preemption does not count against the kernel).
+void reg(const std::string& name, std::function<void(benchmark::State&)> fn, bool real_time = true) {
+    auto* b = benchmark::RegisterBenchmark(name.c_str(), [fn](benchmark::State& st) { fn(st); });
+    if (real_time) b->UseRealTime();
+    b->Unit(benchmark::kMicrosecond);
 }
 
 const bool registered = [] {
@@ -259,6 +268,74 @@ const bool registered = [] {
                             });
                     });
                 }
+            }
+        }
+        // hot rates per core: ~1 MiB of weights, read from L2 after the first pass
+        for (std::size_t m : {std::size_t(1), std::size_t(4)}) {
+            for (const char* f : {"fp4", "fp4_ref", "fp8", "fp8_ref", "bf16"}) {
+                const std::string fs = f;
+                const fmt ff = fs.starts_with("fp4") ? fmt::fp4 : fs.starts_with("fp8") ? fmt::fp8 : fmt::bf16;
+                const std::size_t k = 2048, n = ff == fmt::fp4 ? 1024 : ff == fmt::fp8 ? 512 : 256;
+                const bool fast = !fs.ends_with("_ref");
+                reg("gemv_hot/" + fs + "/" + ts + "/" + shape_name(n, k, m, 1), [=](benchmark::State& st) {
+                    const auto& K = *dsv4::kernels_for(tier);
+                    auto& ws = weights(ff, n, k, true);
+                    const auto a = make_acts(m, k);
+                    std::vector<float> y(m * n);
+                    const dsv4::gemv_out out{y.data(), nullptr, n};
+                    const double bytes = double(ws.w_bytes + ws.s_bytes);
+                    run(st, n, bytes, 2.0 * m * n * k, buffers_of(ws), 1, 1, [&](std::size_t, std::size_t r0, std::size_t r1) {
+                        const unsigned char* w = ws.w[0].data();
+                        if (ff == fmt::fp4) {
+                            const dsv4::fp4_matrix W{w, k / 2, ws.s[0].data(), k / 32, n, k};
+                            if (fast) K.fp4_gemv_q8_rows(W, {a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m}, out, r0, r1);
+                            else K.fp4_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
+                        } else if (ff == fmt::fp8) {
+                            const dsv4::fp8_matrix W{w, k, ws.s[0].data(), k / 128, n, k};
+                            if (fast) K.fp8_gemv_bf16_rows(W, {a.xb.data(), k, a.shift.data(), k / 128, m}, out, r0, r1);
+                            else K.fp8_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
+                        } else {
+                            K.bf16_gemv_rows({reinterpret_cast<const uint16_t*>(w), k, n, k}, {a.f32.data(), k, m}, out, r0, r1);
+                        }
+                    });
+                }, false);
+            }
+        }
+        // per-core-type hot rates (m1): one core of each class, pinned while it runs
+        static const dsv4::hybrid_placement placement(dsv4::detect_core_classes());
+        for (std::size_t ci = 0; ci < placement.classes().size(); ++ci) {
+            for (const char* f : {"fp4", "fp8", "fp8_ref", "bf16"}) {
+                const std::string fs = f;
+                const fmt ff = fs.starts_with("fp4") ? fmt::fp4 : fs.starts_with("fp8") ? fmt::fp8 : fmt::bf16;
+                const std::size_t k = 2048, n = ff == fmt::fp4 ? 1024 : ff == fmt::fp8 ? 512 : 256, m = 1;
+                const bool fast = !fs.ends_with("_ref");
+                reg("gemv_hot_core/" + fs + "/" + ts + "/" + placement.classes()[ci].label + "/" + shape_name(n, k, m, 1),
+                    [=](benchmark::State& st) {
+                        const auto& K = *dsv4::kernels_for(tier);
+                        auto& ws = weights(ff, n, k, true);
+                        const auto a = make_acts(m, k);
+                        std::vector<float> y(m * n);
+                        const dsv4::gemv_out out{y.data(), nullptr, n};
+                        const unsigned char* w = ws.w[0].data();
+                        const auto call = [&] {
+                            if (ff == fmt::fp4)
+                                K.fp4_gemv_q8_rows({w, k / 2, ws.s[0].data(), k / 32, n, k},
+                                                   {a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m}, out, 0, n);
+                            else if (ff == fmt::fp8 && fast)
+                                K.fp8_gemv_bf16_rows({w, k, ws.s[0].data(), k / 128, n, k},
+                                                     {a.xb.data(), k, a.shift.data(), k / 128, m}, out, 0, n);
+                            else if (ff == fmt::fp8)
+                                K.fp8_gemv_rows({w, k, ws.s[0].data(), k / 128, n, k}, {a.f32.data(), k, m}, out, 0, n);
+                            else
+                                K.bf16_gemv_rows({reinterpret_cast<const uint16_t*>(w), k, n, k}, {a.f32.data(), k, m}, out, 0, n);
+                        };
+                        placement.run_on(ci, [&] {
+                            for (auto _ : st) call();
+                        });
+                        st.SetBytesProcessed(int64_t(double(ws.w_bytes + ws.s_bytes) * double(st.iterations())));
+                        st.counters["cores"] = double(placement.classes()[ci].cores);
+                    },
+                    false);
             }
         }
     }

@@ -205,6 +205,31 @@ inline void compressor_finish_entry(const compressor_fns& k, const compressor_we
     }
 }
 
+
+/// The state machine after token p's K|Z are in its slot: when p completes a window, pool
+/// entry (p+1)/r - 1 (RoPE position p+1-r) into `cache`, shift the overlap slots, return true.
+inline bool compressor_close_window(const compressor_fns& k, compressor_state& s, const compressor_weights& w,
+                                    const compressor_config& cfg, int64_t p, const compressor_cache& cache,
+                                    float* pooled) {
+    const std::size_t r = cfg.ratio, d = cfg.head_dim, cd = compressor_c(r) * d;
+    if ((std::size_t(p) + 1) % r != 0) return false;
+    compressor_pool_group a, b;
+    if (compressor_overlap(r)) {
+        a = {s.kv.data(), s.score.data(), cd, r};                           // A halves of slots 0..r-1
+        b = {s.kv.data() + r * cd + d, s.score.data() + r * cd + d, cd, r};  // B halves of slots r..2r-1
+    } else {
+        b = {s.kv.data(), s.score.data(), cd, r};
+    }
+    k.pool(a, b, d, pooled);
+    if (compressor_overlap(r)) {
+        std::memcpy(s.kv.data(), s.kv.data() + r * cd, r * cd * sizeof(float));
+        std::memcpy(s.score.data(), s.score.data() + r * cd, r * cd * sizeof(float));
+    }
+    const std::size_t i = (std::size_t(p) + 1) / r - 1;
+    compressor_finish_entry(k, w, cfg, pooled, p + 1 - int64_t(r), cache.data + i * cache.stride);
+    return true;
+}
+
 }  // namespace detail
 
 /// Prefill (start_pos 0) of S tokens x [S, dim] bf16 (rows x_stride apart): resets `s`,
@@ -309,22 +334,54 @@ bool compressor_decode_on(Exec&& ex, compressor_state& s, const compressor_weigh
         detail::compressor_project_range(k, w, cfg, xr, p, kslot, zslot, cd, f0, f1);
     });
     s.next_pos = p + 1;
-    if (!emits) return false;
-    compressor_pool_group a, b;
-    if (overlap) {
-        a = {s.kv.data(), s.score.data(), cd, r};                           // A halves of slots 0..r-1
-        b = {s.kv.data() + r * cd + d, s.score.data() + r * cd + d, cd, r};  // B halves of slots r..2r-1
-    } else {
-        b = {s.kv.data(), s.score.data(), cd, r};
+    return detail::compressor_close_window(k, s, w, cfg, p, cache, pooled);
+}
+
+/// S tokens x [S, dim] continuing the sequence at position p0 (p0 == s.next_pos, or 0 to
+/// start over), each exactly as its decode step would process it: the projections of up to
+/// compressor_proj_tokens tokens at once (the same per-row arithmetic as one token), then
+/// the state machine token by token. Returns the entries written (those completed by
+/// positions p0 .. p0+S-1). scratch as for compressor_prefill.
+template <class Exec>
+std::size_t compressor_append_on(Exec&& ex, compressor_state& s, const compressor_weights& w,
+                                 const compressor_config& cfg, const uint16_t* x, std::size_t x_stride, std::size_t S,
+                                 int64_t p0, const compressor_cache& cache, void* scratch, std::size_t scratch_bytes) {
+    const char* fn = "compressor_append";
+    detail::check_compressor(s, w, cfg, fn);
+    const std::size_t r = cfg.ratio, d = cfg.head_dim, dim = w.wkv.k, c = compressor_c(r), cd = c * d;
+    detail::require(S == 0 || x, fn, "x is null");
+    detail::require(S <= 1 || x_stride >= dim, fn, "x_stride smaller than the model dim");
+    detail::require(p0 >= 0 && p0 + int64_t(S) < (int64_t(1) << 31), fn, "positions outside [0, 2^31)");
+    detail::require(p0 == 0 || p0 == s.next_pos, fn, "p0 is not the state's next position (tokens are sequential)");
+    const std::size_t end = std::size_t(p0) + S;
+    if (end / r > std::size_t(p0) / r) detail::check_cache(cache, end / r, d, fn);
+    detail::require(scratch && scratch_bytes >= compressor_scratch_bytes(cfg, dim), fn,
+                    "scratch smaller than compressor_scratch_bytes(cfg, dim)");
+    if (p0 == 0) compressor_reset(s);
+
+    const detail::compressor_fns k;
+    const std::size_t pt = compressor_proj_tokens, kzs = 2 * cd;
+    float* xf = detail::align64(scratch);
+    float* kz = xf + (pt * dim + 15) / 16 * 16;  // [pt][2cd]: K | Z per token
+    float* pooled = kz + (compressor_chunk_tokens(r) * kzs + 15) / 16 * 16;
+    std::size_t emitted = 0;
+    for (std::size_t t0 = 0; t0 < S; t0 += pt) {
+        const std::size_t m = std::min(pt, S - t0);
+        for (std::size_t t = 0; t < m; ++t) k.decode(x + (t0 + t) * x_stride, xf + t * dim, dim);
+        const f32_rows xr{xf, dim, m};
+        ex(2 * cd, exec_row_grain, [&](std::size_t f0, std::size_t f1) {
+            detail::compressor_project_range(k, w, cfg, xr, p0 + int64_t(t0), kz, kz + cd, kzs, f0, f1);
+        });
+        for (std::size_t t = 0; t < m; ++t) {
+            const int64_t p = p0 + int64_t(t0 + t);
+            const std::size_t slot = (compressor_overlap(r) ? r : 0) + std::size_t(p) % r;
+            std::memcpy(s.kv.data() + slot * cd, kz + t * kzs, cd * sizeof(float));
+            std::memcpy(s.score.data() + slot * cd, kz + t * kzs + cd, cd * sizeof(float));
+            s.next_pos = p + 1;
+            emitted += detail::compressor_close_window(k, s, w, cfg, p, cache, pooled);
+        }
     }
-    k.pool(a, b, d, pooled);
-    if (overlap) {
-        std::memcpy(s.kv.data(), s.kv.data() + r * cd, r * cd * sizeof(float));
-        std::memcpy(s.score.data(), s.score.data() + r * cd, r * cd * sizeof(float));
-    }
-    const std::size_t i = (std::size_t(p) + 1) / r - 1;
-    detail::compressor_finish_entry(k, w, cfg, pooled, p + 1 - int64_t(r), cache.data + i * cache.stride);
-    return true;
+    return emitted;
 }
 
 /// compressor_prefill_on on the calling thread.
@@ -333,6 +390,13 @@ inline std::size_t compressor_prefill(compressor_state& s, const compressor_weig
                                       const compressor_cache& cache, void* scratch, std::size_t scratch_bytes) {
     return compressor_prefill_on(serial_executor{}, s, w, cfg, x, x_stride, S, cache, scratch, scratch_bytes);
 }
+/// compressor_append_on on the calling thread.
+inline std::size_t compressor_append(compressor_state& s, const compressor_weights& w, const compressor_config& cfg,
+                                     const uint16_t* x, std::size_t x_stride, std::size_t S, int64_t p0,
+                                     const compressor_cache& cache, void* scratch, std::size_t scratch_bytes) {
+    return compressor_append_on(serial_executor{}, s, w, cfg, x, x_stride, S, p0, cache, scratch, scratch_bytes);
+}
+
 /// compressor_decode_on on the calling thread.
 inline bool compressor_decode(compressor_state& s, const compressor_weights& w, const compressor_config& cfg,
                               const uint16_t* x_row, int64_t p, const compressor_cache& cache, void* scratch,
@@ -346,6 +410,12 @@ inline std::size_t compressor_prefill(compressor_state& s, const compressor_weig
                                       const uint16_t* x, std::size_t x_stride, std::size_t S,
                                       const compressor_cache& cache, void* scratch, std::size_t scratch_bytes) {
     return compressor_prefill_on(tbb_executor{}, s, w, cfg, x, x_stride, S, cache, scratch, scratch_bytes);
+}
+/// compressor_append on oneTBB (same bits).
+inline std::size_t compressor_append(compressor_state& s, const compressor_weights& w, const compressor_config& cfg,
+                                     const uint16_t* x, std::size_t x_stride, std::size_t S, int64_t p0,
+                                     const compressor_cache& cache, void* scratch, std::size_t scratch_bytes) {
+    return compressor_append_on(tbb_executor{}, s, w, cfg, x, x_stride, S, p0, cache, scratch, scratch_bytes);
 }
 /// compressor_decode on oneTBB (same bits).
 inline bool compressor_decode(compressor_state& s, const compressor_weights& w, const compressor_config& cfg,

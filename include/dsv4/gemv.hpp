@@ -134,20 +134,25 @@ inline void check_grouped_fp8(const fp8_matrix& w, std::size_t groups, const cha
 }
 }  // namespace detail
 
-/// Whether fp8_gemv_bf16 beats fp8_gemv on the kernels in use: yes on avx512_bf16
-/// (vdpbf16ps, 1.6x the hot rate); elsewhere the bf16 activations must be converted to f32
-/// as well, which makes it no faster (AVX-512) or slower (AVX2) than the reference path.
-inline bool fp8_bf16_preferred() {
+/// Whether fp8_gemv_bf16 beats fp8_gemv for m activation rows on the kernels in use: on
+/// avx512_bf16 always (vdpbf16ps, 1.6x the hot rate); on the AVX2 tiers for m = 1 only
+/// (integer decode and parity-split f32 FMAs, no F16C: 1.15-1.2x the reference path's hot
+/// rate on Zen 4; from m = 2 widening the bf16 activations once per weight row costs more
+/// than the reference path's f32 loads); not on AVX-512 without BF16 (the same f32 math as
+/// the reference path there, no faster).
+inline bool fp8_bf16_preferred(std::size_t m = 1) {
 #if DSV4_RUNTIME_DISPATCH
-    return active_kernels().compiled_for >= tier::avx512_bf16;
+    const tier t = active_kernels().compiled_for;
 #else
-    return compiled_tier >= tier::avx512_bf16;
+    const tier t = compiled_tier;
 #endif
+    return t >= tier::avx512_bf16 || (m == 1 && (t == tier::avx2 || t == tier::avx2_vnni));
 }
 
 /// y = x * w^T for FP8 weights, fast mode (x: to_bf16_blocks output). The fastest FP8 path
-/// on avx512_bf16 (vdpbf16ps); other tiers compute the same through f32 FMAs, no faster
-/// than fp8_gemv (see fp8_bf16_preferred). Error bound: kernels/gemv.hpp, dot_fp8_bf16_row.
+/// on avx512_bf16 (vdpbf16ps) and, for one token, on the AVX2 tiers; other tiers compute
+/// the same through f32 FMAs (see fp8_bf16_preferred). Error bound: kernels/gemv.hpp,
+/// dot_fp8_bf16_row.
 inline void fp8_gemv_bf16(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& y, std::size_t r0 = 0,
                           std::size_t r1 = all_rows) {
     detail::check_fp8(w, "fp8_gemv_bf16");

@@ -285,38 +285,48 @@ inline void indexer_select(const float* scores, std::size_t scores_stride, std::
 
 // ------------------------------------------------------------------ composites
 
-/// Scratch bytes of indexer_prefill for S tokens of `dim` (x) and `q_lora` (qr).
-inline std::size_t indexer_prefill_scratch_bytes(const indexer_config& cfg, std::size_t dim, std::size_t q_lora,
-                                                 std::size_t S) noexcept {
-    const std::size_t Q = indexer_prefill_queries, H = cfg.heads, T = S / 4, k = indexer_select_width(cfg.topk, T);
+/// Scratch bytes of indexer_append for S tokens at positions p0.. of `dim` (x) and `q_lora`
+/// (qr); indexer_prefill is p0 = 0.
+inline std::size_t indexer_append_scratch_bytes(const indexer_config& cfg, std::size_t dim, std::size_t q_lora,
+                                                std::size_t S, std::size_t p0 = 0) noexcept {
+    const std::size_t Q = indexer_prefill_queries, H = cfg.heads, T = (p0 + S) / 4, k = indexer_select_width(cfg.topk, T);
     const std::size_t step = std::max({compressor_scratch_bytes(cfg.comp, dim), indexer_query_scratch_bytes(q_lora, Q),
                                        indexer_head_weights_scratch_bytes(dim, H, Q), indexer_scores_scratch_bytes(H, Q)});
     return step + detail::bytes64(Q * H * index_head_dim, 2) + detail::bytes64(Q * H, 2) + detail::bytes64(Q, 8) +
            detail::bytes64(Q * T, sizeof(float)) + Q * topk_scratch_bytes(T, k) + 128;
 }
+/// Scratch bytes of indexer_prefill for S tokens.
+inline std::size_t indexer_prefill_scratch_bytes(const indexer_config& cfg, std::size_t dim, std::size_t q_lora,
+                                                 std::size_t S) noexcept {
+    return indexer_append_scratch_bytes(cfg, dim, q_lora, S, 0);
+}
 
-/// Steps 1-6 for a prefill of S tokens (positions 0..S-1): x [S, dim] (attn_norm output) and
-/// qr [S, q_lora] (q_norm output) bf16. Resets `st` (the indexer compressor's state), writes
-/// the T = S/4 keys to `keys` and idx [S, min(topk, T)]. offset: S (the local KV rows come
-/// first). Returns the width min(topk, T).
+namespace detail {
+
+/// Steps 1-6 for S tokens at positions p0 .. p0+S-1; the compressor step runs first (every
+/// key the tokens complete), then each query scores the keys visible at its position
+/// ((p+1)/4, causal) and takes its top min(topk, (p+1)/4); rows are -1 padded to the
+/// call's width min(topk, (p0+S)/4), which is returned. `fresh`: a prefill (the
+/// compressor's batched prefill from position 0); else an append at st.next_pos, each token
+/// exactly as its decode step (compressor_append).
 template <class Exec>
-std::size_t indexer_prefill_on(Exec&& ex, compressor_state& st, const indexer_weights& w, const indexer_config& cfg,
-                               const uint16_t* x, std::size_t x_stride, const uint16_t* qr, std::size_t qr_stride,
-                               std::size_t S, const compressor_cache& keys, int64_t offset, int32_t* idx,
-                               std::size_t idx_stride, void* scratch, std::size_t scratch_bytes) {
-    const char* fn = "indexer_prefill";
-    detail::check_indexer(w, cfg, fn);
-    const std::size_t dim = w.weights_proj.k, ql = w.wq_b.k, H = cfg.heads, T = S / 4;
+std::size_t indexer_run(Exec&& ex, compressor_state& st, const indexer_weights& w, const indexer_config& cfg,
+                        const uint16_t* x, std::size_t x_stride, const uint16_t* qr, std::size_t qr_stride,
+                        std::size_t S, int64_t p0, bool fresh, const compressor_cache& keys, int64_t offset,
+                        int32_t* idx, std::size_t idx_stride, void* scratch, std::size_t scratch_bytes,
+                        const char* fn) {
+    check_indexer(w, cfg, fn);
+    const std::size_t dim = w.weights_proj.k, ql = w.wq_b.k, H = cfg.heads, T = (std::size_t(p0) + S) / 4;
     const std::size_t k = indexer_select_width(cfg.topk, T), Q = indexer_prefill_queries;
-    detail::require(cfg.comp.ratio == 4 && cfg.comp.head_dim == index_head_dim && cfg.comp.rotate, fn,
-                    "the indexer's compressor is ratio 4, head_dim 128, rotate");
-    detail::require(w.comp.wkv.k == dim, fn, "compressor and weights_proj disagree on the model dim");
-    detail::require(S == 0 || (x && qr && (idx || k == 0)), fn, "null pointer");
-    detail::require(S <= 1 || (x_stride >= dim && qr_stride >= ql && idx_stride >= k), fn, "stride smaller than the row");
-    detail::require(scratch && scratch_bytes >= indexer_prefill_scratch_bytes(cfg, dim, ql, S), fn,
-                    "scratch smaller than indexer_prefill_scratch_bytes(cfg, dim, q_lora, S)");
-    detail::require(offset >= 0 && offset + int64_t(T) <= int64_t(INT32_MAX), fn, "offset + T outside int32");
-    detail::arena ar(scratch);
+    require(cfg.comp.ratio == 4 && cfg.comp.head_dim == index_head_dim && cfg.comp.rotate, fn,
+            "the indexer's compressor is ratio 4, head_dim 128, rotate");
+    require(w.comp.wkv.k == dim, fn, "compressor and weights_proj disagree on the model dim");
+    require(S == 0 || (x && qr && (idx || k == 0)), fn, "null pointer");
+    require(S <= 1 || (x_stride >= dim && qr_stride >= ql && idx_stride >= k), fn, "stride smaller than the row");
+    require(scratch && scratch_bytes >= indexer_append_scratch_bytes(cfg, dim, ql, S, std::size_t(p0)), fn,
+            "scratch smaller than indexer_append_scratch_bytes(cfg, dim, q_lora, S, p0)");
+    require(offset >= 0 && offset + int64_t(T) <= int64_t(INT32_MAX), fn, "offset + T outside int32");
+    arena ar(scratch);
     const std::size_t step_bytes =
         std::max({compressor_scratch_bytes(cfg.comp, dim), indexer_query_scratch_bytes(ql, Q),
                   indexer_head_weights_scratch_bytes(dim, H, Q), indexer_scores_scratch_bytes(H, Q)});
@@ -328,21 +338,23 @@ std::size_t indexer_prefill_on(Exec&& ex, compressor_state& st, const indexer_we
     const std::size_t tks = topk_scratch_bytes(T, k);
     unsigned char* tkw = ar.take<unsigned char>(Q * tks);
 
-    compressor_prefill_on(ex, st, w.comp, cfg.comp, x, x_stride, S, keys, step, step_bytes);
+    if (fresh) compressor_prefill_on(ex, st, w.comp, cfg.comp, x, x_stride, S, keys, step, step_bytes);
+    else compressor_append_on(ex, st, w.comp, cfg.comp, x, x_stride, S, p0, keys, step, step_bytes);
     if (k == 0) return 0;
     const auto fnk = DSV4_KERNEL(topk_row);
     for (std::size_t t0 = 0; t0 < S; t0 += Q) {
         const std::size_t m = std::min(Q, S - t0);
-        for (std::size_t j = 0; j < m; ++j) pos[j] = int64_t(t0 + j);
+        const int64_t first = p0 + int64_t(t0);
+        for (std::size_t j = 0; j < m; ++j) pos[j] = first + int64_t(j);
         indexer_query_on(ex, w.wq_b, cfg.comp.rope, qr + t0 * qr_stride, qr_stride, m, pos, q, H * index_head_dim, step,
                          step_bytes);
         indexer_head_weights_on(ex, w.weights_proj, x + t0 * x_stride, x_stride, m, wt, H, step, step_bytes);
-        indexer_scores_on(ex, q, H * index_head_dim, wt, H, m, H, keys.data, keys.stride, T, true, int64_t(t0), sc, T,
-                          step, step_bytes);
+        indexer_scores_on(ex, q, H * index_head_dim, wt, H, m, H, keys.data, keys.stride, T, true, first, sc, T, step,
+                          step_bytes);
         ex(m, 1, [&](std::size_t j0, std::size_t j1) {
-            uint32_t* ws = detail::align64_u32(tkw + j0 * tks);  // j0 is unique per call
+            uint32_t* ws = align64_u32(tkw + j0 * tks);  // j0 is unique per call
             for (std::size_t j = j0; j < j1; ++j) {
-                const std::size_t n = std::min(T, (t0 + j + 1) / 4), kk = std::min(k, n);
+                const std::size_t n = std::min(T, std::size_t(first + int64_t(j) + 1) / 4), kk = std::min(k, n);
                 int32_t* row = idx + (t0 + j) * idx_stride;
                 if (kk) fnk(sc + j * T, n, kk, topk_order::score, row, ws);
                 for (std::size_t i = 0; i < kk; ++i) row[i] = int32_t(row[i] + offset);
@@ -351,6 +363,36 @@ std::size_t indexer_prefill_on(Exec&& ex, compressor_state& st, const indexer_we
         });
     }
     return k;
+}
+
+}  // namespace detail
+
+/// Steps 1-6 for a prefill of S tokens (positions 0..S-1): x [S, dim] (attn_norm output) and
+/// qr [S, q_lora] (q_norm output) bf16. Resets `st` (the indexer compressor's state), writes
+/// the T = S/4 keys to `keys` and idx [S, min(topk, T)]. offset: S (the local KV rows come
+/// first). Returns the width min(topk, T).
+template <class Exec>
+std::size_t indexer_prefill_on(Exec&& ex, compressor_state& st, const indexer_weights& w, const indexer_config& cfg,
+                               const uint16_t* x, std::size_t x_stride, const uint16_t* qr, std::size_t qr_stride,
+                               std::size_t S, const compressor_cache& keys, int64_t offset, int32_t* idx,
+                               std::size_t idx_stride, void* scratch, std::size_t scratch_bytes) {
+    detail::require(S < (std::size_t(1) << 31), "indexer_prefill", "S too large");
+    return detail::indexer_run(ex, st, w, cfg, x, x_stride, qr, qr_stride, S, 0, true, keys, offset, idx, idx_stride,
+                               scratch, scratch_bytes, "indexer_prefill");
+}
+
+/// S tokens continuing the sequence at position p0 = st.next_pos (after a prefill, appends
+/// or decode steps): row t of idx is exactly indexer_decode's list at position p0 + t (its
+/// top min(topk, (p+1)/4) among the keys visible then, + offset), -1 padded to the returned
+/// width min(topk, (p0+S)/4). The keys completed by the tokens go to `keys`.
+template <class Exec>
+std::size_t indexer_append_on(Exec&& ex, compressor_state& st, const indexer_weights& w, const indexer_config& cfg,
+                              const uint16_t* x, std::size_t x_stride, const uint16_t* qr, std::size_t qr_stride,
+                              std::size_t S, int64_t p0, const compressor_cache& keys, int64_t offset, int32_t* idx,
+                              std::size_t idx_stride, void* scratch, std::size_t scratch_bytes) {
+    detail::require(p0 >= 0 && p0 + int64_t(S) < (int64_t(1) << 31), "indexer_append", "positions outside [0, 2^31)");
+    return detail::indexer_run(ex, st, w, cfg, x, x_stride, qr, qr_stride, S, p0, false, keys, offset, idx, idx_stride,
+                               scratch, scratch_bytes, "indexer_append");
 }
 
 /// Scratch bytes of indexer_decode with up to max_keys keys (context / 4).
@@ -414,6 +456,13 @@ inline std::size_t indexer_prefill(compressor_state& st, const indexer_weights& 
     return indexer_prefill_on(serial_executor{}, st, w, cfg, x, x_stride, qr, qr_stride, S, keys, offset, idx,
                               idx_stride, scratch, scratch_bytes);
 }
+inline std::size_t indexer_append(compressor_state& st, const indexer_weights& w, const indexer_config& cfg,
+                                  const uint16_t* x, std::size_t x_stride, const uint16_t* qr, std::size_t qr_stride,
+                                  std::size_t S, int64_t p0, const compressor_cache& keys, int64_t offset, int32_t* idx,
+                                  std::size_t idx_stride, void* scratch, std::size_t scratch_bytes) {
+    return indexer_append_on(serial_executor{}, st, w, cfg, x, x_stride, qr, qr_stride, S, p0, keys, offset, idx,
+                             idx_stride, scratch, scratch_bytes);
+}
 inline std::size_t indexer_decode(compressor_state& st, const indexer_weights& w, const indexer_config& cfg,
                                   const uint16_t* x_row, const uint16_t* qr_row, int64_t p, const compressor_cache& keys,
                                   int64_t offset, int32_t* idx, std::size_t max_keys, void* scratch,
@@ -429,6 +478,13 @@ inline std::size_t indexer_prefill(compressor_state& st, const indexer_weights& 
                                    std::size_t idx_stride, void* scratch, std::size_t scratch_bytes) {
     return indexer_prefill_on(tbb_executor{}, st, w, cfg, x, x_stride, qr, qr_stride, S, keys, offset, idx, idx_stride,
                               scratch, scratch_bytes);
+}
+inline std::size_t indexer_append(compressor_state& st, const indexer_weights& w, const indexer_config& cfg,
+                                  const uint16_t* x, std::size_t x_stride, const uint16_t* qr, std::size_t qr_stride,
+                                  std::size_t S, int64_t p0, const compressor_cache& keys, int64_t offset, int32_t* idx,
+                                  std::size_t idx_stride, void* scratch, std::size_t scratch_bytes) {
+    return indexer_append_on(tbb_executor{}, st, w, cfg, x, x_stride, qr, qr_stride, S, p0, keys, offset, idx,
+                             idx_stride, scratch, scratch_bytes);
 }
 inline std::size_t indexer_decode(compressor_state& st, const indexer_weights& w, const indexer_config& cfg,
                                   const uint16_t* x_row, const uint16_t* qr_row, int64_t p, const compressor_cache& keys,

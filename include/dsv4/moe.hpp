@@ -18,10 +18,10 @@
 //   reference  the official precision: every expert input act_quant'ed to FP8 (block 128),
 //              GEMV sums in f32, each projection output rounded to bf16 (spec §2.5, §8).
 //   fast       routed experts take int8 activations per 32 (quantize_q8; maddubs/VNNI dot
-//              products) for x and for the down-projection input; on avx512_bf16 the shared
-//              FP8 expert takes the same FP8 activations as bf16 blocks (fp8_gemv_bf16, see
-//              fp8_bf16_preferred; subnormal weight codes count as zero there); the gate is
-//              unchanged.
+//              products) for x and for the down-projection input; on avx512_bf16 (and on
+//              the AVX2 tiers for one token) the shared FP8 expert takes the same FP8
+//              activations as bf16 blocks (fp8_gemv_bf16, see fp8_bf16_preferred; subnormal
+//              weight codes count as zero on avx512_bf16); the gate is unchanged.
 // shared_clamp: true = current official revision (shared expert clamped like the routed
 // ones), false = initial revision (no clamp), spec §8.3 / §10.1.
 //
@@ -377,7 +377,7 @@ inline moe_run moe_carve(const moe_config& c, const moe_scratch& s, std::size_t 
     r.xss = static_cast<int32_t*>(at(mb_xss));
     r.shb = static_cast<uint16_t*>(at(mb_shb));
     r.shs = static_cast<int32_t*>(at(mb_shs));
-    r.shared_bf16 = c.numerics == moe_numerics::fast && fp8_bf16_preferred();
+    r.shared_bf16 = c.numerics == moe_numerics::fast && fp8_bf16_preferred(tokens);
     return r;
 }
 

@@ -1,9 +1,11 @@
 // dsv4/parallel.hpp - oneTBB conveniences: the row-range entry points split over the
-// current task arena in dynamic chunks (a preempted thread does not stall the rest).
+// current task arena in dynamic chunks (a preempted thread does not stall the rest), or,
+// inside a par::placement_scope, by core class (hybrid.hpp).
 // Results are identical to the single-threaded call: rows are computed independently.
 #pragma once
 
 #include "gemv.hpp"
+#include "hybrid.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -12,8 +14,13 @@ namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace par {
 
-/// Calls f(r0, r1) over [0, n) in chunks of at least `grain` rows, in parallel.
+/// Calls f(r0, r1) over [0, n) in chunks of at least `grain` rows, in parallel; inside a
+/// placement_scope (hybrid.hpp), split between the core classes of its placement.
 template <class F> void for_rows(std::size_t n, std::size_t grain, F&& f) {
+    if (const hybrid_placement* p = current_placement()) {
+        p->for_rows(n, grain, f);
+        return;
+    }
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain ? grain : 1),
                       [&](const tbb::blocked_range<std::size_t>& r) { f(r.begin(), r.end()); });
 }

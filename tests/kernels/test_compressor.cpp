@@ -80,13 +80,14 @@ struct runner {
     explicit runner(const comp_case& cc) : c(cc), w(cc.weights()), cfg(cc.config()) {
         scratch.resize(dsv4::compressor_scratch_bytes(cfg, c.dim) + 1);
     }
-    /// Prefill of the first n0 tokens (none if n0 == 0), then decode steps up to `total`.
-    template <class Exec = dsv4::serial_executor>
-    run_result run(std::size_t n0, std::size_t total, Exec ex = {}) {
+    /// Prefill of the first n0 tokens (none if n0 == 0), then `rest(state, cache, scratch,
+    /// bytes)` up to `total`; the entries NaN-poisoned so that every emitted one must be written.
+    template <class Exec, class Rest>
+    run_result drive(std::size_t n0, std::size_t total, Exec ex, Rest&& rest) {
         run_result r;
         dsv4::compressor_state_init(r.st, cfg);
         const std::size_t cap = total / c.ratio + 1;
-        r.entries.assign(cap * c.d, 0xFFFF);  // NaN-poisoned: every emitted entry must be written
+        r.entries.assign(cap * c.d, 0xFFFF);
         const dsv4::compressor_cache cache{r.entries.data(), c.d, cap};
         void* ws = scratch.data() + 1;  // odd alignment on purpose
         const std::size_t wb = scratch.size() - 1;
@@ -94,14 +95,35 @@ struct runner {
             const std::size_t n = dsv4::compressor_prefill_on(ex, r.st, w, cfg, c.x.data(), c.dim, n0, cache, ws, wb);
             CHECK(n == n0 / c.ratio);
         }
-        for (std::size_t p = n0; p < total; ++p) {
-            const bool e = dsv4::compressor_decode_on(ex, r.st, w, cfg, c.x.data() + p * c.dim, int64_t(p), cache, ws, wb);
-            CHECK(e == ((p + 1) % c.ratio == 0));
-        }
+        rest(r.st, cache, ws, wb);
         r.n = total / c.ratio;
         r.entries.resize(r.n * c.d);
         CHECK(r.st.next_pos == int64_t(total));
         return r;
+    }
+    /// Prefill of n0 tokens, then decode steps up to `total`.
+    template <class Exec = dsv4::serial_executor>
+    run_result run(std::size_t n0, std::size_t total, Exec ex = {}) {
+        return drive(n0, total, ex, [&](dsv4::compressor_state& st, const dsv4::compressor_cache& cache, void* ws,
+                                        std::size_t wb) {
+            for (std::size_t p = n0; p < total; ++p) {
+                const bool e = dsv4::compressor_decode_on(ex, st, w, cfg, c.x.data() + p * c.dim, int64_t(p), cache, ws, wb);
+                CHECK(e == ((p + 1) % c.ratio == 0));
+            }
+        });
+    }
+    /// Prefill of n0 tokens, then compressor_append in pieces of `piece` up to `total`.
+    run_result append(std::size_t n0, std::size_t piece, std::size_t total) {
+        return drive(n0, total, dsv4::serial_executor{}, [&](dsv4::compressor_state& st,
+                                                              const dsv4::compressor_cache& cache, void* ws,
+                                                              std::size_t wb) {
+            for (std::size_t p = n0; p < total; p += piece) {
+                const std::size_t len = std::min(piece, total - p);
+                const std::size_t n = dsv4::par::compressor_append(st, w, cfg, c.x.data() + p * c.dim, c.dim, len,
+                                                                   int64_t(p), cache, ws, wb);
+                CHECK(n == (p + len) / c.ratio - p / c.ratio);
+            }
+        });
     }
 };
 
@@ -253,6 +275,41 @@ TEST_CASE("compressor: prefill of N tokens + k decode steps == token-by-token de
             CHECK(std::equal(p.entries.begin(), p.entries.end(), ref.entries.begin()));
         }
     }
+}
+
+TEST_CASE("compressor: append in pieces of any size == token-by-token decode, bit for bit") {
+    for (const char* kind : {"c4_main", "c4_indexer", "c128_main"}) {
+        golden g("compressor", std::string(kind) + "_prefill_S1030");
+        const comp_case c(g);
+        runner rn(c);
+        const std::size_t L = c.ratio == 4 ? 140 : 400;
+        const auto ref = rn.run(0, L);
+        for (std::size_t n0 : {0, 5, 64, 129})
+            for (std::size_t piece : {1, 3, 31, 32, 33, 128, 300}) {
+                CAPTURE(kind);
+                CAPTURE(n0);
+                CAPTURE(piece);
+                const auto r = rn.append(n0, piece, L);
+                CHECK(r.entries == ref.entries);
+                CHECK(same_bits(r.st.kv, ref.st.kv));
+                CHECK(same_bits(r.st.score, ref.st.score));
+            }
+    }
+    // positions must continue the state
+    golden g("compressor", "c4_main_prefill_S1030");
+    const comp_case c(g);
+    runner rn(c);
+    dsv4::compressor_state st;
+    dsv4::compressor_state_init(st, rn.cfg);
+    std::vector<uint16_t> ent(64 * c.d);
+    const dsv4::compressor_cache cache{ent.data(), c.d, 64};
+    dsv4::compressor_append(st, rn.w, rn.cfg, c.x.data(), c.dim, 10, 0, cache, rn.scratch.data(), rn.scratch.size());
+    CHECK_THROWS_WITH_AS(dsv4::compressor_append(st, rn.w, rn.cfg, c.x.data(), c.dim, 4, 11, cache, rn.scratch.data(),
+                                                 rn.scratch.size()),
+                         doctest::Contains("next position"), dsv4::error);
+    CHECK_THROWS_WITH_AS(dsv4::compressor_append(st, rn.w, rn.cfg, c.x.data(), c.dim, 300, 10, cache, rn.scratch.data(),
+                                                 rn.scratch.size()),
+                         doctest::Contains("compressor_append"), dsv4::error);
 }
 
 TEST_CASE("compressor: oneTBB and any executor give the serial bits") {

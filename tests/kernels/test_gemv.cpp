@@ -560,6 +560,51 @@ TEST_CASE("gemv: FP8 fast mode on every tier: M = 1..9, N = 131 (two scale rows)
         }
 }
 
+TEST_CASE("gemv: FP8 fast mode uses subnormal weight codes exactly except on avx512_bf16 (DAZ there)") {
+    // subnormal codes (|w| <= 7 * 2^-9) beside normal ones, activations within 2^8 of their
+    // block's largest: every product is exact on every tier, so the only error left is the
+    // f32 summation, except that avx512_bf16 (vdpbf16ps, DAZ inputs) counts subnormals as 0
+    rng r(77);
+    const std::size_t n = 9, k = 512;
+    std::vector<uint8_t> w(n * k), sc(k / 128);
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        uint8_t c = uint8_t(r.u32());
+        c = (i % 3 == 0) ? uint8_t(c & 0x80) | uint8_t(1 + r.u32() % 7) : uint8_t(c & 0xF7);  // subnormal / normal
+        w[i] = (c & 0x7F) == 0x7F ? 0x42 : c;
+    }
+    for (std::size_t b = 0; b < k / 128; ++b) sc[b] = uint8_t(112 + 3 * b);
+    const bool daz = active().compiled_for == dsv4::tier::avx512_bf16;
+    for (std::size_t m : {std::size_t(1), std::size_t(2), std::size_t(4), std::size_t(7)}) {
+        CAPTURE(m);
+        std::vector<float> a(m * k);
+        for (auto& v : a) v = dsv4::round_bf16(float(std::ldexp(1.0 + r.u32() % 127 / 128.0, -int(r.u32() % 8))) *
+                                               (r.u32() % 2 ? 1.0f : -1.0f));
+        std::vector<uint16_t> xb(m * k);
+        std::vector<int32_t> sh(m * k / 128);
+        dsv4::to_bf16_blocks(a.data(), k, m, k, xb.data(), k, sh.data(), k / 128);
+        std::vector<float> y(m * n);
+        dsv4::fp8_gemv_bf16({w.data(), k, sc.data(), k / 128, n, k}, {xb.data(), k, sh.data(), k / 128, m},
+                            {y.data(), nullptr, n});
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < n; ++j) {
+                double exact = 0, mag = 0;
+                for (std::size_t q = 0; q < k; ++q) {
+                    const uint8_t c = w[j * k + q];
+                    if (daz && (c & 0x78) == 0) continue;
+                    const double p = double(dsv4::e4m3_to_f32(c)) * double(dsv4::e8m0_to_f32(sc[q / 128])) *
+                                     double(a[i * k + q]);
+                    exact += p;
+                    mag += std::fabs(p);
+                }
+                CHECK(std::fabs(double(y[i * n + j]) - exact) <= double(k) * 0x1p-24 * mag);
+            }
+    }
+    // which path the forward and the MoE take in fast mode (fp8_bf16_preferred)
+    const dsv4::tier t = active().compiled_for;
+    CHECK(dsv4::fp8_bf16_preferred(1) == (t == dsv4::tier::avx2 || t == dsv4::tier::avx2_vnni || t == dsv4::tier::avx512_bf16));
+    CHECK(dsv4::fp8_bf16_preferred(2) == (t == dsv4::tier::avx512_bf16));
+}
+
 TEST_CASE("gemv: FP8 fast mode propagates non-finite activations and NaN scales") {
     const std::size_t n = 3, k = 256;
     std::vector<uint8_t> w(n * k, 0x38), sc(2, 120);  // 0x38 = 1.0

@@ -300,6 +300,42 @@ TEST_CASE("indexer: prefill of N + decode steps == token-by-token decode; prefil
               s2.decode(X.data() + p * P.dim, QR.data() + p * P.ql, int64_t(p), dsv4::par::tbb_executor{}));
 }
 
+TEST_CASE("indexer: append in pieces == token-by-token decode (keys, every row), bit for bit") {
+    golden g("indexer", "select_prefill_S129");
+    const idx_params P(g);
+    rng r(37);
+    const std::size_t L = 180, T = L / 4;
+    const auto X = random_bf16(r, L * P.dim, 1.0f);
+    const auto QR = random_bf16(r, L * P.ql, 1.0f);
+    idx_runner tok(P, L);
+    std::vector<std::vector<int32_t>> dec(L);
+    for (std::size_t p = 0; p < L; ++p) dec[p] = tok.decode(X.data() + p * P.dim, QR.data() + p * P.ql, int64_t(p));
+    for (std::size_t n0 : {5u, 64u, 130u})
+        for (std::size_t piece : {1u, 2u, 7u, 8u, 9u, 64u, 200u}) {
+            CAPTURE(n0);
+            CAPTURE(piece);
+            idx_runner a(P, L);
+            std::vector<int32_t> pre;
+            a.prefill(X.data(), QR.data(), n0, pre);
+            std::vector<unsigned char> ws(dsv4::indexer_append_scratch_bytes(a.cfg, P.dim, P.ql, piece, L));
+            for (std::size_t p0 = n0; p0 < L; p0 += piece) {
+                const std::size_t len = std::min(piece, L - p0), width = std::min(a.cfg.topk, (p0 + len) / 4);
+                std::vector<int32_t> idx(len * width, -7);
+                const std::size_t k = dsv4::par::indexer_append(a.st, a.w, a.cfg, X.data() + p0 * P.dim, P.dim,
+                                                                QR.data() + p0 * P.ql, P.ql, len, int64_t(p0), a.cache(),
+                                                                128, idx.data(), width, ws.data(), ws.size());
+                REQUIRE(k == width);
+                for (std::size_t t = 0; t < len; ++t) {
+                    const auto& want = dec[p0 + t];
+                    for (std::size_t j = 0; j < width; ++j)
+                        CHECK(idx[t * width + j] == (j < want.size() ? want[j] : -1));
+                }
+            }
+            CHECK(std::equal(a.keys.begin(), a.keys.begin() + std::ptrdiff_t(T * 128), tok.keys.begin()));
+            CHECK(a.st.kv == tok.st.kv);
+        }
+}
+
 TEST_CASE("indexer: argument errors are dsv4::error naming the function") {
     golden g("indexer", "select_prefill_S8");
     const idx_params P(g);

@@ -6,18 +6,44 @@
 //   golden's top1-top2 margin > 0.1;
 //   130/300-token prompts and decode rows: relative RMS per row = ||Δ|| / ||golden||: median
 //   <= 0.07, >= 90 % of rows <= 0.10, every row <= 0.4.
+#include "npy.hpp"
 #include "test_support.hpp"
 
 #include <dsv4/model/forward.hpp>
+#include <dsv4/model/session.hpp>
+
+#include <unistd.h>
 
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <new>
 #include <cmath>
 #include <cstdio>
 #include <exception>
 #include <latch>
 #include <thread>
+
+// Every operator new of this binary is counted: the forward must not allocate per call.
+namespace {
+std::atomic<uint64_t> g_operator_new{0};
+}  // namespace
+void* operator new(std::size_t n) {
+    g_operator_new.fetch_add(1, std::memory_order_relaxed);
+    if (void* p = std::malloc(n ? n : 1)) return p;
+    throw std::bad_alloc();
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"  // these deletes pair with the malloc above
+#endif
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 using namespace dsv4_test;
 
@@ -279,6 +305,55 @@ TEST_CASE("forward: extend and prefill_chunked equal token-by-token decode, bit 
     CHECK_THROWS_WITH_AS(small.extend(ss, ids.data(), 7, a.data()), doctest::Contains("capacity"), dsv4::error);
 }
 
+TEST_CASE("forward: prefill, extend and decode allocate nothing once the sequence exists") {
+    const auto& m = toy();
+    const std::size_t V = m.vocab(), N = 300;
+    std::vector<int64_t> ids(N);
+    for (std::size_t i = 0; i < N; ++i) ids[i] = int64_t((i * 37 + 11) % V);
+    std::vector<float> lg(V), every(64 * V);
+    std::vector<uint16_t> streams(64 * 4 * m.config().hidden_size);
+    auto s = m.new_sequence();
+    const uint64_t arena = s.ws.allocations();
+    CHECK(arena == 1);
+    const uint64_t before = g_operator_new.load();
+    m.prefill(s, ids.data(), 100, lg.data());
+    m.extend(s, ids.data() + 100, 64, lg.data());
+    for (std::size_t p = 164; p < 200; ++p) m.decode(s, ids[p], lg.data());
+    m.extend(s, ids.data() + 200, 64, dsv4::forward_outputs{every.data(), true, streams.data()});
+    m.prefill_chunked(s, ids.data(), N, 128, lg.data());
+    const uint64_t news = g_operator_new.load() - before;
+    CHECK_MESSAGE(news == 0, news << " operator new calls during the forward");
+    CHECK(s.ws.allocations() == arena);
+    MESSAGE("workspace " << s.ws.capacity() / 1024 << " KiB (chunk " << m.options().chunk << "), high water "
+                         << s.ws.high_water() / 1024 << " KiB");
+    // every_position: row j is the logits of position 200 + j, as decoding would give them
+    auto t = m.new_sequence();
+    m.prefill(t, ids.data(), 100, lg.data());
+    m.extend(t, ids.data() + 100, 64, lg.data());
+    for (std::size_t p = 164; p < 264; ++p) {
+        m.decode(t, ids[p], lg.data());
+        if (p >= 200) {
+            const float* row = every.data() + (p - 200) * V;
+            REQUIRE(std::equal(lg.begin(), lg.end(), row, [](float x, float y) { return same_float(x, y); }));
+        }
+    }
+    // beyond the chunk a one-pass prefill grows the workspace once, then allocates no more
+    dsv4::forward_options o;
+    o.chunk = 8;
+    o.max_context = 320;
+    const dsv4::model small = dsv4::model::open(toy_dir(), o);
+    auto u = small.new_sequence();
+    const std::size_t cap0 = u.ws.capacity();
+    small.prefill(u, ids.data(), 300, lg.data());
+    const uint64_t grown = u.ws.allocations();
+    CHECK(grown > 1);
+    CHECK(u.ws.capacity() > cap0);
+    const uint64_t before2 = g_operator_new.load();
+    small.prefill(u, ids.data(), 300, lg.data());
+    CHECK(g_operator_new.load() - before2 == 0);
+    CHECK(u.ws.allocations() == grown);
+}
+
 TEST_CASE("forward: sequences do not share or leak state") {
     const auto& m = toy();
     const std::size_t V = m.vocab();
@@ -400,6 +475,103 @@ TEST_CASE("forward: two sequences decoded concurrently on two threads give what 
         CHECK(par_a.logits.size() == (1 + steps) * V);
     }
     MESSAGE("A tokens from 45-token prompt, B from 140-token prompt, " << steps << " greedy steps each, 2 concurrent rounds");
+}
+
+TEST_CASE("forward: a saved session continues exactly where it stopped; foreign files are refused") {
+    const auto& m = toy();
+    const std::size_t V = m.vocab(), N = 270;  // past the window, 67 ratio-4 and 2 ratio-128 entries
+    std::vector<int64_t> ids(N);
+    for (std::size_t i = 0; i < N; ++i) ids[i] = int64_t((i * 53 + 7) % V);
+    const char* tmp = std::getenv("TMPDIR");
+    const std::string dir = tmp ? tmp : "/tmp";
+    const std::string path = dir + "/dsv4-session-" + std::to_string(getpid()) + ".bin";  // tiers run in parallel
+    std::vector<float> a(V), b(V);
+    auto s = m.new_sequence();
+    m.prefill(s, ids.data(), N - 3, a.data());
+    m.decode(s, ids[N - 3], a.data());
+    const std::vector<int64_t> hist(ids.begin(), ids.begin() + std::ptrdiff_t(N - 2));
+    dsv4::save_session(m, s, hist, path);
+    m.extend(s, ids.data() + N - 2, 2, a.data());
+    auto t = m.new_sequence();
+    CHECK(dsv4::load_session(m, t, path) == hist);
+    CHECK(t.pos == int64_t(N - 2));
+    m.extend(t, ids.data() + N - 2, 2, b.data());
+    CHECK(std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) { return same_float(x, y); }));
+    auto expect = [&](auto&& f, const std::string& part) {
+        std::string msg;
+        try {
+            f();
+        } catch (const dsv4::error& e) {
+            msg = e.what();
+        }
+        CHECK_MESSAGE(msg.find(part) != std::string::npos, "\"" << msg << "\" lacks \"" << part << "\"");
+    };
+    // another revision's model, a short file, a wrong history
+    const auto& init = toy(dsv4::model_revision::initial);
+    auto u = init.new_sequence();
+    expect([&] { dsv4::load_session(init, u, path); }, "another KV FP8 revision");
+    {
+        std::FILE* f = std::fopen(path.c_str(), "r+b");
+        REQUIRE(f);
+        std::fseek(f, 0, SEEK_END);
+        const long size = std::ftell(f);
+        std::fclose(f);
+        REQUIRE(truncate(path.c_str(), size - 100) == 0);
+    }
+    expect([&] { dsv4::load_session(m, t, path); }, "ends early");
+    CHECK(t.pos == 0);  // a failed load leaves a sequence that must start over
+    expect([&] { dsv4::load_session(m, t, dir + "/no-such-session.bin"); }, "cannot open");
+    expect([&] { dsv4::save_session(m, s, hist, path); }, "history must hold");
+    {
+        std::FILE* f = std::fopen(path.c_str(), "wb");
+        std::fputs("DSV4SESS\x07", f);
+        std::fclose(f);
+    }
+    expect([&] { dsv4::load_session(m, t, path); }, "ends early");
+    std::remove(path.c_str());
+}
+
+TEST_CASE("forward: a sliding window of 64 and no MTP field (accepted by the official code) against the reference") {
+    const char* dir = std::getenv("DSV4_W64_MODEL");
+    const char* gold = std::getenv("DSV4_W64_GOLDENS");
+    REQUIRE_MESSAGE((dir && gold), "DSV4_W64_MODEL / DSV4_W64_GOLDENS are not set (ctest sets them)");
+    const dsv4::model m = dsv4::model::open(dir);
+    REQUIRE(m.config().sliding_window == 64);
+    CHECK(m.config().num_nextn_predict_layers == 0);
+    const std::size_t V = m.vocab();
+    auto load = [&](const std::string& c, const std::string& key) {
+        return npy::load(std::string(gold) + "/forward/" + c + "/" + key + ".npy");
+    };
+    std::vector<float> lg(V);
+    for (const char* name : {"prefill_S1", "prefill_S7", "prefill_S130", "prefill_S300"}) {
+        const auto ids = load(name, "ids").as<int64_t>();
+        const auto want = load(name, "logits").as<float>();
+        auto s = m.new_sequence();
+        m.prefill(s, ids.data(), ids.size(), lg.data());
+        const double d = max_abs(lg.data(), want.data(), V), r = rel_rms(lg.data(), want.data(), V);
+        MESSAGE(std::string(name) << " (window 64): max |dlogit| " << d << ", rel RMS " << r);
+        if (ids.size() <= 7) CHECK(d <= 0.05);
+        else CHECK(r <= 0.4);
+    }
+    // teacher-forced decode: the ring of 64 slots, decode lists of 64 columns
+    const auto ids = load("decode_S300_steps64", "ids").as<int64_t>();
+    const auto want = load("decode_S300_steps64", "logits").as<float>();
+    auto s = m.new_sequence();
+    m.prefill(s, ids.data(), 300, lg.data());
+    row_stats st;
+    for (std::size_t j = 0; j < 64; ++j) {
+        m.decode(s, ids[300 + j], lg.data());
+        st.add(rel_rms(lg.data(), want.data() + j * V, V));
+    }
+    st.check("decode_S300_steps64 (window 64)");
+    // extend == decode with this window too
+    auto a = m.new_sequence(), b = m.new_sequence();
+    std::vector<float> la(V), lb(V);
+    m.prefill(a, ids.data(), 5, la.data());
+    m.prefill(b, ids.data(), 5, lb.data());
+    m.extend(a, ids.data() + 5, 150, la.data());
+    for (std::size_t p = 5; p < 155; ++p) m.decode(b, ids[p], lb.data());
+    CHECK(std::equal(la.begin(), la.end(), lb.begin(), [](float x, float y) { return same_float(x, y); }));
 }
 
 TEST_CASE("forward: argument errors") {

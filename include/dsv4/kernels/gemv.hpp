@@ -239,6 +239,15 @@ template <class V> DSV4_INLINE V fp8_bf16_block_scaled(V partial, uint8_t e, int
     return scale_pow2(partial, int(e) - 127 + d_minus_shift);
 }
 
+/// acc + fp8_bf16_block_scaled(partial, ...): one FMA when the factor is a normal f32
+/// (every block of a real checkpoint), the same value (the product is exact, or rounds once
+/// either way); the general path otherwise.
+template <class V> DSV4_INLINE V fp8_bf16_block_fma(V partial, uint8_t e, int d_minus_shift, V acc) noexcept {
+    const int t = int(e) - 127 + d_minus_shift;
+    if (e != 255 && t >= -126 && t <= 127) return simd::fmadd(partial, V(std::bit_cast<float>(uint32_t(t + 127) << 23)), acc);
+    return acc + fp8_bf16_block_scaled(partial, e, d_minus_shift);
+}
+
 /// FP8 row, fast mode (activations from to_bf16_blocks): per 128-block partials of
 /// e4m3 * bf16 products, scaled once per block. With AVX512-BF16 the partials come from
 /// vdpbf16ps (32 products per instruction, activations read as 2 bytes each); other tiers
@@ -275,7 +284,45 @@ DSV4_INLINE void dot_fp8_bf16_row(const uint8_t* w, const uint8_t* scale_row, st
         return;
     }
 #endif
-    // every other tier: f32 block partials of the decoded weights and the bf16 activations
+#if defined(__AVX2__)
+    if constexpr (simd::lanes<Arch>() == 8) {
+        // AVX2 tiers: weights decoded by integer ops to e4m3 * 2^-120 (fp8_to_f32_pairs), the
+        // bf16 activations widened by a shift or a mask (bf16_pairs_to_f32), both split by
+        // parity so that neither needs a lane-crossing widen; two FMAs per 16 weights and row
+        using vf = simd::vf32<Arch>;
+        constexpr std::size_t NC = MT == 1 ? 4 : (MT == 2 ? 2 : 1);  // FMA chains per row (16 ymm registers)
+        vf acc[MT];
+        for (auto& a : acc) a = vf(0.0f);
+        for (std::size_t b0 = 0; b0 < k; b0 += B) {
+            simd::prefetch_weights<2>(w + b0);
+            __m256 p[MT][NC];
+            for (auto& q : p)
+                for (auto& v : q) v = _mm256_setzero_ps();
+            DSV4_UNROLL
+            for (std::size_t q = 0; q < B / 16; ++q) {
+                __m256 we, wo;
+                simd::fp8_to_f32_pairs(Arch{}, w + b0 + 16 * q, we, wo);
+                const std::size_t ce = NC == 4 ? 2 * (q % 2) : 0, co = NC == 1 ? 0 : ce + 1;
+                for (std::size_t j = 0; j < MT; ++j) {
+                    __m256 xe, xo;
+                    simd::bf16_pairs_to_f32(Arch{}, x[j] + b0 + 16 * q, xe, xo);
+                    p[j][ce] = _mm256_fmadd_ps(we, xe, p[j][ce]);
+                    p[j][co] = _mm256_fmadd_ps(wo, xo, p[j][co]);
+                }
+            }
+            for (std::size_t j = 0; j < MT; ++j) {
+                __m256 t = p[j][0];
+                if constexpr (NC >= 2) t = _mm256_add_ps(t, p[j][1]);
+                if constexpr (NC == 4) t = _mm256_add_ps(t, _mm256_add_ps(p[j][2], p[j][3]));
+                acc[j] = fp8_bf16_block_fma(vf(t), scale_row[b0 / B], 120 - shift[j][b0 / B], acc[j]);
+            }
+        }
+        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j]);
+        return;
+    }
+#endif
+    // scalar and the AVX-512 tiers without BF16: f32 block partials of the decoded weights
+    // and the bf16 activations
     using R = simd::freg<Arch>;
     R acc[MT];
     for (auto& a : acc) a = R(0.0f);

@@ -11,6 +11,7 @@
 #include "expert_streaming.hpp"
 #include "options.hpp"
 #include "weights.hpp"
+#include "workspace.hpp"
 
 #include <algorithm>
 #include <memory>
@@ -44,9 +45,10 @@ struct model_context {
         c.comp = compressor_config{4, cfg.index_head_dim, true, rope_for(4), eps(), fp8_sim_revision::current};
         return c;
     }
-    /// Fast numerics where the bf16-block FP8 path is the faster one (fp8_bf16_preferred):
-    /// FP8 projections take their (exact) activations as bf16 blocks through fp8_gemv_bf16.
-    bool fp8_bf16() const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(); }
+    /// Fast numerics where fp8_bf16_preferred(m) (avx512_bf16; the AVX2 tiers for one token):
+    /// FP8 projections of m rows take their (exact) activations as bf16 blocks through
+    /// fp8_gemv_bf16. m = 1 asks whether any call may take it (buffers).
+    bool fp8_bf16(std::size_t m = 1) const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(m); }
 };
 
 /// Checks that the forward can compute `c` (beyond what the loader already validated) and
@@ -108,12 +110,12 @@ inline void init_model_context(model_context& m) {
     m.moe.numerics = m.opt.numerics;
 }
 
-/// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16()
+/// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16(m)
 /// picks; xb / sh: room for the bf16 blocks of xf when it picks fp8_gemv_bf16.
 inline void fp8_project(const model_context& c, const fp8_matrix& w, std::size_t groups, const float* xf,
                         std::size_t m, uint16_t* xb, int32_t* sh, const gemv_out& out) {
     const std::size_t kx = groups * w.k;
-    if (c.fp8_bf16()) {
+    if (c.fp8_bf16(m)) {
         to_bf16_blocks(xf, kx, m, kx, xb, kx, sh, kx / 128);
         const bf16_block_rows x{xb, kx, sh, kx / 128, m};
         if (groups == 1) par::fp8_gemv_bf16(w, x, out);
@@ -125,22 +127,32 @@ inline void fp8_project(const model_context& c, const fp8_matrix& w, std::size_t
     }
 }
 
-/// y = bf16(act_quant(x, 128) . w^T) for m rows (chunks of 32 tokens).
-inline void fp8_linear(const model_context& c, const fp8_matrix& w, const uint16_t* x, std::size_t x_stride,
-                       std::size_t m, uint16_t* y, std::size_t y_stride) {
-    constexpr std::size_t C = 32;
-    const std::size_t K = w.k, mc = std::min(m, C);
+/// Workspace bytes fp8_linear takes for K inputs and m rows (chunks of 32 tokens).
+inline std::size_t fp8_linear_bytes(const model_context& c, std::size_t K, std::size_t m) {
+    const std::size_t mc = std::min<std::size_t>(m, 32);
     const bool bf = c.fp8_bf16();
-    std::vector<uint8_t> codes(mc * K), scales(mc * (K / 128));
-    std::vector<float> xf(mc * K);
-    std::vector<uint16_t> xb(bf ? mc * K : 0);
-    std::vector<int32_t> sh(bf ? mc * (K / 128) : 0);
+    auto b = [](std::size_t n, std::size_t size) { return forward_workspace::round_up(n * size); };
+    return b(mc * K, 1) + b(mc * (K / 128), 1) + b(mc * K, 4) + (bf ? b(mc * K, 2) + b(mc * (K / 128), 4) : 0);
+}
+
+/// y = bf16(act_quant(x, 128) . w^T) for m rows (chunks of 32 tokens); buffers from ws.
+inline void fp8_linear(const model_context& c, const fp8_matrix& w, const uint16_t* x, std::size_t x_stride,
+                       std::size_t m, uint16_t* y, std::size_t y_stride, forward_workspace& ws) {
+    constexpr std::size_t C = 32;
+    const std::size_t K = w.k, mc = std::min(m, C), mk = ws.mark();
+    const bool bf = c.fp8_bf16();
+    uint8_t* codes = ws.take<uint8_t>(mc * K);
+    uint8_t* scales = ws.take<uint8_t>(mc * (K / 128));
+    float* xf = ws.take<float>(mc * K);
+    uint16_t* xb = bf ? ws.take<uint16_t>(mc * K) : nullptr;
+    int32_t* sh = bf ? ws.take<int32_t>(mc * (K / 128)) : nullptr;
     for (std::size_t a = 0; a < m; a += C) {
         const std::size_t n = std::min(C, m - a);
-        act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes.data(), K, scales.data(), K / 128);
-        fp8_acts_to_f32(codes.data(), K, scales.data(), K / 128, n, K, xf.data(), K);
-        fp8_project(c, w, 1, xf.data(), n, xb.data(), sh.data(), gemv_out{nullptr, y + a * y_stride, y_stride});
+        act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes, K, scales, K / 128);
+        fp8_acts_to_f32(codes, K, scales, K / 128, n, K, xf, K);
+        fp8_project(c, w, 1, xf, n, xb, sh, gemv_out{nullptr, y + a * y_stride, y_stride});
     }
+    ws.release(mk);
 }
 
 }  // namespace DSV4_ISA_NS

@@ -78,9 +78,28 @@ public:
         if (opt.validate) validate_checkpoint(c.cfg, *c.ck);
         init_model_context(c);
         c.w = bind_model_weights(c.cfg, *c.ck);
+        m.fingerprint_ = checkpoint_fingerprint(*c.ck);
         if (opt.ram_budget && opt.ram_budget < routed_expert_bytes(*c.ck)) c.stream = make_expert_streamer(c.cfg, *c.ck, opt);
         return m;
     }
+
+    /// FNV-1a over every tensor's name, dtype and shape and the bytes of every norm weight:
+    /// what a saved session must match (another checkpoint or other weights do not).
+    static uint64_t checkpoint_fingerprint(const checkpoint& ck) {
+        uint64_t h = 1469598103934665603ull;
+        auto mix = [&](const void* p, std::size_t n) {
+            const auto* b = static_cast<const unsigned char*>(p);
+            for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+        };
+        for (const tensor_view& t : ck.tensors()) {
+            mix(t.name.data(), t.name.size());
+            mix(&t.type, sizeof t.type);
+            mix(t.shape.dims.data(), t.shape.rank * sizeof(uint64_t));
+            if (t.name.ends_with("norm.weight")) mix(t.data, t.bytes);
+        }
+        return h;
+    }
+    uint64_t fingerprint() const noexcept { return fingerprint_; }
 
     const model_config& config() const noexcept { return ctx_->cfg; }
     const checkpoint& weights() const noexcept { return *ctx_->ck; }
@@ -90,15 +109,21 @@ public:
     std::size_t vocab() const noexcept { return ctx_->cfg.vocab_size; }
     std::size_t max_context() const noexcept { return ctx_->max_ctx; }
 
-    /// A fresh per-sequence state sized for max_context() positions.
-    sequence_state new_sequence() const { return make_sequence_state(*ctx_, id_); }
+    /// A fresh per-sequence state sized for max_context() positions, its workspace for calls
+    /// of up to options().chunk tokens.
+    sequence_state new_sequence() const {
+        sequence_state s = make_sequence_state(*ctx_, id_);
+        s.ws.reserve(workspace_bytes(std::max<std::size_t>(ctx_->opt.chunk, 1)));
+        return s;
+    }
 
     /// Starts the sequence over with ids[0..n) at positions 0..n-1 in one pass (the official
     /// prefill, index layout of spec §4 step 4) and writes the f32 logits [vocab] of the last
-    /// position. Working memory grows with n: prefill_chunked bounds it.
+    /// position. Beyond options().chunk tokens the workspace grows once to fit (prefill_chunked
+    /// keeps it bounded instead).
     void prefill(sequence_state& s, const int64_t* ids, std::size_t n, float* logits,
                  forward_diagnostics* diag = nullptr) const {
-        run(s, ids, n, logits, diag, true, "model::prefill");
+        run(s, ids, n, forward_outputs{logits}, diag, true, "model::prefill");
     }
 
     /// Appends ids[0..n) at positions s.pos.. to a started sequence (after a prefill, an
@@ -108,7 +133,12 @@ public:
     /// tier here). On a fresh sequence (s.pos == 0) it is prefill.
     void extend(sequence_state& s, const int64_t* ids, std::size_t n, float* logits,
                 forward_diagnostics* diag = nullptr) const {
-        run(s, ids, n, logits, diag, s.pos == 0, "model::extend");
+        run(s, ids, n, forward_outputs{logits}, diag, s.pos == 0, "model::extend");
+    }
+    /// extend with the outputs chosen (logits of every position, the final streams).
+    void extend(sequence_state& s, const int64_t* ids, std::size_t n, const forward_outputs& out,
+                forward_diagnostics* diag = nullptr) const {
+        run(s, ids, n, out, diag, s.pos == 0, "model::extend");
     }
 
     /// A prompt in pieces of at most `chunk` tokens: prefill of the first, extend of the rest,
@@ -119,7 +149,8 @@ public:
         detail::require(n >= 1, "model::prefill_chunked", "empty prompt");
         for (std::size_t a = 0; a < n; a += chunk) {
             const std::size_t len = std::min(chunk, n - a);
-            run(s, ids + a, len, logits, a + len == n ? diag : nullptr, a == 0, "model::prefill_chunked");
+            run(s, ids + a, len, forward_outputs{logits}, a + len == n ? diag : nullptr, a == 0,
+                "model::prefill_chunked");
         }
     }
 
@@ -127,12 +158,30 @@ public:
     void decode(sequence_state& s, int64_t id, float* logits, forward_diagnostics* diag = nullptr) const {
         check_seq(s, "model::decode");
         detail::require(s.pos > 0, "model::decode", "decode needs a prefix: call prefill first");
-        run(s, &id, 1, logits, diag, false, "model::decode");
+        run(s, &id, 1, forward_outputs{logits}, diag, false, "model::decode");
+    }
+
+    /// Workspace bytes of a call of up to S tokens at any position (every output included).
+    std::size_t workspace_bytes(std::size_t S) const {
+        const model_context& m = *ctx_;
+        const std::size_t D = m.D, W = hc_mult * D, mt = std::min<std::size_t>(S, 64);
+        auto b = [](std::size_t n, std::size_t size) { return forward_workspace::round_up(n * size); };
+        const std::size_t top = b(S * W, 2) + 2 * b(S * D, 2) + b(S * 4, 4) + b(S * 16, 4) + b(bytes_needed(m.hc, S), 1) +
+                                b(bytes_needed(m.moe, mt), 1) + b(m.moe.topk, 4) + b(S * D, 4);
+        std::size_t block = 0;
+        for (const layer_weights& w : m.w.layers) {
+            const int64_t far = int64_t(m.max_ctx - std::min(S, m.max_ctx));
+            for (const attention_plan& P : {plan_attention(m, w.ratio, S, 0), plan_attention(m, w.ratio, S, far),
+                                            plan_attention(m, w.ratio, 1, int64_t(m.max_ctx) - 1)})
+                block = std::max(block, P.bytes(m));
+        }
+        return top + block;
     }
 
 private:
     std::unique_ptr<model_context> ctx_;  ///< behind a pointer: the rope tables and weight views stay put
     uint64_t id_ = 0;                     ///< unique per opened model
+    uint64_t fingerprint_ = 0;            ///< checkpoint_fingerprint of the weights
 
     void check_seq(const sequence_state& s, const char* fn) const {
         detail::require(id_ != 0 && s.owner == id_ && s.layers.size() == ctx_->w.layers.size(), fn,
@@ -141,11 +190,11 @@ private:
 
     /// prefill (restart: from position 0) or append at s.pos; after a failure the caches are
     /// partly written, so the sequence must start over (its position is reset to 0).
-    void run(sequence_state& s, const int64_t* ids, std::size_t n, float* logits, forward_diagnostics* diag,
-             bool restart, const char* fn) const {
+    void run(sequence_state& s, const int64_t* ids, std::size_t n, const forward_outputs& out,
+             forward_diagnostics* diag, bool restart, const char* fn) const {
         check_seq(s, fn);
         detail::require(n >= 1, fn, "no tokens");
-        detail::require(ids && logits, fn, "null pointer");
+        detail::require(ids && out.logits, fn, "null pointer");
         check_token_ids(std::span<const int64_t>(ids, n), ctx_->cfg.vocab_size);
         const int64_t start = restart ? 0 : s.pos;
         if (std::size_t(start) + n > s.max_context)
@@ -154,11 +203,13 @@ private:
                         std::to_string(s.max_context));
         s.pos = 0;
         try {
-            forward(s, ids, n, start, logits, diag, fn);
+            forward(s, ids, n, start, out, diag, fn);
         } catch (...) {
+            s.ws.end_call();
             s.pos = 0;
             throw;
         }
+        s.ws.end_call();
         s.pos = start + int64_t(n);
     }
 
@@ -181,21 +232,26 @@ private:
         }
     }
 
-    /// The layer loop over tokens ids[0..S) at positions start.., then the head of the last one.
-    void forward(sequence_state& s, const int64_t* ids, std::size_t S, int64_t start, float* logits,
+    /// The layer loop over tokens ids[0..S) at positions start.., then the head of the last
+    /// one (or of every one). Every buffer comes from the sequence's workspace.
+    void forward(sequence_state& s, const int64_t* ids, std::size_t S, int64_t start, const forward_outputs& out,
                  forward_diagnostics* diag, const char* fn) const {
         const model_context& m = *ctx_;
+        forward_workspace& ws = s.ws;
         const std::size_t D = m.D, W = hc_mult * D, L = m.w.layers.size();
-        std::vector<uint16_t> Hs(S * W), y(S * D), a(S * D);
+        uint16_t* Hs = ws.take<uint16_t>(S * W);
         for (std::size_t t = 0; t < S; ++t)
             for (std::size_t k = 0; k < hc_mult; ++k)
-                std::memcpy(Hs.data() + t * W + k * D, m.w.embed + std::size_t(ids[t]) * D, D * sizeof(uint16_t));
-        std::vector<float> post(S * 4), comb(S * 16);
-        std::vector<unsigned char> hcs(bytes_needed(m.hc, S));
-        const std::size_t mt = std::min<std::size_t>(S, 64);
-        std::vector<unsigned char> ms(bytes_needed(m.moe, mt));
-        const block_buffers b{y.data(), a.data(), post.data(), comb.data(), hc_scratch{hcs.data(), hcs.size()},
-                              moe_scratch{ms.data(), ms.size(), mt}};
+                std::memcpy(Hs + t * W + k * D, m.w.embed + std::size_t(ids[t]) * D, D * sizeof(uint16_t));
+        const std::size_t hc_bytes = bytes_needed(m.hc, S), mt = std::min<std::size_t>(S, 64);
+        const std::size_t moe_bytes = bytes_needed(m.moe, mt);
+        const block_buffers b{ws.take<uint16_t>(S * D),
+                              ws.take<uint16_t>(S * D),
+                              ws.take<float>(S * 4),
+                              ws.take<float>(S * 16),
+                              hc_scratch{ws.take<unsigned char>(hc_bytes), hc_bytes},
+                              moe_scratch{ws.take<unsigned char>(moe_bytes), moe_bytes, mt},
+                              ws.take<float>(m.moe.topk)};
         if (diag) {
             diag->layer_out.assign(L * W, 0);
             diag->moe_idx.assign(L * m.moe.topk, -1);
@@ -204,32 +260,31 @@ private:
 
         for (std::size_t l = 0; l < L; ++l) {
             const layer_weights& w = m.w.layers[l];
-            attention_sub_block(m, w, s.layers[l], Hs.data(), S, start, b,
-                                diag ? diag->index_idx.data() + l * m.cfg.index_topk : nullptr);
-            moe_sub_block(m, w, Hs.data(), ids, S, b, diag ? diag->moe_idx.data() + l * m.moe.topk : nullptr);
-            if (diag) std::memcpy(diag->layer_out.data() + l * W, Hs.data() + (S - 1) * W, W * sizeof(uint16_t));
-            if (m.opt.check_finite) check_finite_streams(Hs.data(), S, l, start, ids, fn);
+            attention_sub_block(m, w, s.layers[l], Hs, S, start, b,
+                                diag ? diag->index_idx.data() + l * m.cfg.index_topk : nullptr, ws);
+            moe_sub_block(m, w, Hs, ids, S, b, diag ? diag->moe_idx.data() + l * m.moe.topk : nullptr);
+            if (diag) std::memcpy(diag->layer_out.data() + l * W, Hs + (S - 1) * W, W * sizeof(uint16_t));
+            if (m.opt.check_finite) check_finite_streams(Hs, S, l, start, ids, fn);
         }
+        if (out.streams) std::memcpy(out.streams, Hs, S * W * sizeof(uint16_t));
 
-        // hc_head -> final norm -> head, last position only
-        std::vector<unsigned char> hh(bytes_needed(m.hc, 1));
-        uint16_t* z = y.data();
-        hc_head(m.hc, m.w.hc_head, Hs.data() + (S - 1) * W, 1, hc_head_out{z, nullptr, nullptr},
-                hc_scratch{hh.data(), hh.size()});
-        rmsnorm(z, 1, D, D, m.w.norm, m.eps(), z, D);
-        if (diag) diag->final_norm.assign(z, z + D);
-        std::vector<float> zf(D);
-        decode_bf16(z, zf.data(), D);
-        par::bf16_gemv(m.w.head, f32_rows{zf.data(), D, 1}, gemv_out{logits, nullptr, vocab()});
-        if (m.opt.check_finite && S > 0) {
-            const std::size_t V = vocab();
-            for (std::size_t i = 0; i < V; ++i)
-                if (!std::isfinite(logits[i]))
-                    throw error(std::string("dsv4::") + fn + ": non-finite logit " + std::to_string(i) + " (" +
-                                (std::isnan(logits[i]) ? "NaN" : "Inf") + ") at position " +
-                                std::to_string(start + int64_t(S) - 1) + " (token id " + std::to_string(ids[S - 1]) +
-                                ")");
-        }
+        // hc_head -> final norm -> head, for the last position (or every position)
+        const std::size_t n = out.every_position ? S : 1, first = S - n;
+        uint16_t* z = b.y;  // [n, D]: the MoE input is free now
+        hc_head(m.hc, m.w.hc_head, Hs + first * W, n, hc_head_out{z, nullptr, nullptr}, b.hc);
+        rmsnorm(z, n, D, D, m.w.norm, m.eps(), z, D);
+        if (diag) diag->final_norm.assign(z + (n - 1) * D, z + n * D);
+        float* zf = ws.take<float>(n * D);
+        decode_bf16(z, zf, n * D);
+        const std::size_t V = vocab();
+        par::bf16_gemv(m.w.head, f32_rows{zf, D, n}, gemv_out{out.logits, nullptr, V});
+        if (m.opt.check_finite)
+            for (std::size_t i = 0; i < n * V; ++i)
+                if (!std::isfinite(out.logits[i]))
+                    throw error(std::string("dsv4::") + fn + ": non-finite logit " + std::to_string(i % V) + " (" +
+                                (std::isnan(out.logits[i]) ? "NaN" : "Inf") + ") at position " +
+                                std::to_string(start + int64_t(first + i / V)) + " (token id " +
+                                std::to_string(ids[first + i / V]) + ")");
     }
 };
 

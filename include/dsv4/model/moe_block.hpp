@@ -19,14 +19,16 @@ struct block_buffers {
     float* comb;  ///< [S, 16]
     hc_scratch hc;
     moe_scratch moe;
+    float* route_weights;  ///< [topk] (diagnostics only)
 };
 
 /// H [S, 4, D] += attention sub-block of layer w (in place through hc_post).
 inline void attention_sub_block(const model_context& m, const layer_weights& w, layer_state& st, uint16_t* Hs,
-                                std::size_t S, int64_t start, const block_buffers& b, int32_t* index_picks) {
+                                std::size_t S, int64_t start, const block_buffers& b, int32_t* index_picks,
+                                forward_workspace& ws) {
     par::hc_pre(m.hc, w.hc_attn, Hs, S, hc_pre_out{b.y, b.post, b.comb, nullptr, nullptr}, b.hc);
     rmsnorm(b.y, S, m.D, m.D, w.attn_norm, m.eps(), b.y, m.D);
-    attention_block(m, w, st, b.y, S, start, b.a, index_picks);
+    attention_block(m, w, st, b.y, S, start, b.a, index_picks, ws);
     par::hc_post(m.hc, b.a, Hs, b.post, b.comb, S, Hs);
 }
 
@@ -38,9 +40,8 @@ inline void moe_sub_block(const model_context& m, const layer_weights& w, uint16
     par::hc_pre(m.hc, w.hc_ffn, Hs, S, hc_pre_out{b.y, b.post, b.comb, nullptr, nullptr}, b.hc);
     rmsnorm(b.y, S, D, D, w.ffn_norm, m.eps(), b.y, D);
     if (moe_picks) {  // routing of the last token (the same gate and routing code as the layer)
-        std::vector<float> rw(m.moe.topk);
         moe_route_tokens(m.moe, w.moe.gate, b.y + (S - 1) * D, D, ids + (S - 1), 1,
-                         moe_routing_out{moe_picks, rw.data(), nullptr}, b.moe);
+                         moe_routing_out{moe_picks, b.route_weights, nullptr}, b.moe);
     }
     if (m.stream)  // routed experts streamed from disk (expert_streaming.hpp)
         streamed_moe_forward(*m.stream, std::size_t(&w - m.w.layers.data()), m.moe, w.moe, b.y, D, ids, S, b.a, D, b.moe);

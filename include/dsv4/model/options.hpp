@@ -25,6 +25,7 @@ struct forward_options {
     moe_numerics numerics = moe_numerics::reference;      ///< reference, or fast: int8 routed experts, bf16-block FP8 (avx512_bf16)
     std::size_t max_context = 0;  ///< positions a sequence may reach; 0: min(max_position_embeddings, 65536)
     std::size_t rope_table_rows = 8192;  ///< precomputed cos/sin rows per table (beyond: on the fly)
+    std::size_t chunk = 512;      ///< tokens per call a sequence's workspace holds (prefill_chunked's piece)
     bool validate = true;         ///< check every tensor against the config (validate_checkpoint)
     bool check_finite = true;     ///< NaN/Inf in a layer's residual streams or the logits is a dsv4::error
     // A checkpoint larger than RAM (model/expert_streaming.hpp, docs/streaming.md): with a
@@ -43,6 +44,16 @@ struct forward_options {
         o.shared_clamp = r == model_revision::current;
         return o;
     }
+};
+
+/// What a forward call writes. logits: [vocab] f32 of the last position, or [n, vocab] of
+/// every position with every_position (what verifying drafted tokens needs); streams
+/// (optional): [n, 4, dim] bf16, the residual streams after the last layer (before hc_head:
+/// what the MTP block reads).
+struct forward_outputs {
+    float* logits = nullptr;
+    bool every_position = false;
+    uint16_t* streams = nullptr;
 };
 
 /// Optional per-call diagnostics of the last position (as forward.py's diagnostics).

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "context.hpp"
+#include "workspace.hpp"
 
 #include <vector>
 
@@ -25,6 +26,7 @@ struct sequence_state {
     int64_t pos = 0;              ///< tokens in the sequence so far (the next position)
     std::size_t max_context = 0;  ///< capacity in positions
     uint64_t owner = 0;           ///< id of the model that made it (survives moving the model)
+    forward_workspace ws;         ///< working memory of this sequence's calls (sized by new_sequence)
 };
 
 inline namespace DSV4_ISA_NS {

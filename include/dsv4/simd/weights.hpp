@@ -56,6 +56,8 @@ inline constexpr int32_t fp4_q8_offset = 12;
 
 template <class A, class... T> requires is_scalar<A> void fp8_to_f32_scaled(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4_block_to_f32x2(A, T...) = delete;
+template <class A, class... T> requires(!std::is_base_of_v<arch::avx2, A>) void fp8_to_f32_pairs(A, T...) = delete;
+template <class A, class... T> requires(!std::is_base_of_v<arch::avx2, A>) void bf16_pairs_to_f32(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4q8_group_fma(A, T...) = delete;
 template <class A, class... T> requires is_scalar<A> void fp4q8_super_fma(A, T...) = delete;
 template <class A, class... T> requires(!std::is_base_of_v<arch::avx512, A>) void fp8_to_f32_bits(A, T...) = delete;
@@ -73,13 +75,14 @@ DSV4_INLINE __m128 fp4_w_scales4(const uint8_t* sw) noexcept {
     f = _mm_blendv_ps(f, _mm_set1_ps(0x1p-127f), _mm_castsi128_ps(_mm_cmpeq_epi32(e, _mm_setzero_si128())));
     return _mm_mul_ps(f, _mm_set1_ps(0.5f));
 }
-/// The same for 8 consecutive blocks (AVX2 superblocks).
+/// The same for 8 consecutive blocks (AVX2 superblocks). e << 23 is 2^(e-127) for e >= 1 and
+/// +0 for e = 0, the one value below 2^-127: a max puts the subnormal 2^-127 there (one op
+/// where a compare and a blend took two or three; 255 gives inf, as in fp4_w_scales4).
 DSV4_INLINE __m256 fp4_w_scales8(const uint8_t* sw) noexcept {
     int64_t raw;
     std::memcpy(&raw, sw, 8);
     const __m256i e = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(raw));
-    __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-    f = _mm256_blendv_ps(f, _mm256_set1_ps(0x1p-127f), _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
+    const __m256 f = _mm256_max_ps(_mm256_castsi256_ps(_mm256_slli_epi32(e, 23)), _mm256_set1_ps(0x1p-127f));
     return _mm256_mul_ps(f, _mm256_set1_ps(0.5f));
 }
 #endif
@@ -94,6 +97,27 @@ DSV4_INLINE void fp8_to_f32_scaled(arch::avx2, const uint8_t* p, vf32<arch::avx2
         _mm256_set1_epi16(int16_t(0xBF80)));
     lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
     hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
+/// 16 e4m3 bytes -> e4m3 * 2^-120 as f32, split by parity: even[i] = weight 2i, odd[i] =
+/// weight 2i + 1 (the pairing of bf16_pairs_to_f32). Integer ops only, no F16C: the bytes,
+/// sign-extended to 16 bits and shifted by 4, are bf16 bit patterns once masked (as
+/// fp8_to_bf16_bits); a 32-bit lane holds two, and the odd one is the f32 of its high half
+/// with the low half cleared, the even one that of its low half shifted up. Five ops per 16
+/// weights (F16C: six, two of them 2-uop conversions). Subnormal codes become exact f32
+/// subnormals (m * 2^-129); the NaN codes 0x7F/0xFF come out as 480 * 2^-120.
+DSV4_INLINE void fp8_to_f32_pairs(arch::avx2, const uint8_t* p, __m256& even, __m256& odd) noexcept {
+    const __m256i t = _mm256_and_si256(
+        _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 4),
+        _mm256_set1_epi16(int16_t(0x87F0)));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(t, _mm256_set1_epi32(int(0xFFFF0000u))));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(t, 16));
+}
+/// 16 bf16 values -> f32 split by parity, as fp8_to_f32_pairs: two ops (exact).
+DSV4_INLINE void bf16_pairs_to_f32(arch::avx2, const uint16_t* p, __m256& even, __m256& odd) noexcept {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u))));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
 /// 32 e2m1 values (16 bytes, element 2k in the low nibble of byte k) -> 4 x 8 f32 of 2*e2m1.
@@ -119,6 +143,20 @@ DSV4_INLINE __m256i dot_u8s8(arch::avx2_vnni, __m256i acc, __m256i u, __m256i s)
     return _mm256_dpbusd_avx_epi32(acc, u, s);
 #  else
     return dot_u8s8(arch::avx2{}, acc, u, s);
+#  endif
+}
+/// Two u8 x s8 dot products into one set of int32 lanes (from zero). Without VNNI the two
+/// maddubs results are added as int16 before one madd: 4 ops instead of 6 (|pair| <= 2 * 24
+/// * 127 = 6096 for the FP4 operands, so the int16 sum of two stays below 2^15: exact).
+DSV4_INLINE __m256i dot2_u8s8(arch::avx2, __m256i u0, __m256i s0, __m256i u1, __m256i s1) noexcept {
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)),
+                             _mm256_set1_epi16(1));
+}
+DSV4_INLINE __m256i dot2_u8s8(arch::avx2_vnni, __m256i u0, __m256i s0, __m256i u1, __m256i s1) noexcept {
+#  if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u0, s0), u1, s1);
+#  else
+    return dot2_u8s8(arch::avx2{}, u0, s0, u1, s1);
 #  endif
 }
 
@@ -197,8 +235,8 @@ DSV4_INLINE void fp4q8_super_fma(A, const uint8_t* w, const uint8_t* sw, const i
             for (int i = 0; i < 4; ++i) {
                 const int gi = 2 * p + i / 2, h = i % 2;
                 const int8_t* ag = aj + 128 * gi + 32 * h;
-                dot[i] = dot_u8s8(A{}, _mm256_setzero_si256(), ul[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag)));
-                dot[i] = dot_u8s8(A{}, dot[i], uh[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag + 64)));
+                dot[i] = dot2_u8s8(A{}, ul[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag)),
+                                   uh[2 * gi + h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ag + 64)));
             }
             // exact block sums in block order, plus -12 * sum(a) per block (q8_rows::corr)
             const __m256i sums = _mm256_add_epi32(_mm256_permutevar8x32_epi32(block_sums4(dot), to_natural),
