@@ -9,7 +9,7 @@
 // Same bits as the mapped run: the same phases on the same bytes (moe.hpp: results do not
 // depend on the chunking or the order of the work items). Chunks have at most slots / topk
 // tokens so that a chunk's experts fit the slots. Streamed MoE blocks of concurrent
-// sequences take turns (one chunk at a time per model).
+// sequences take turns (one call at a time per model); its buffers are allocated at open.
 #pragma once
 
 #include "../io/expert_store.hpp"
@@ -35,7 +35,12 @@ struct expert_streamer {
     };
     std::vector<offsets> off;
     resident_report resident;
-    std::mutex turn;  ///< one streamed MoE chunk at a time
+    std::mutex turn;  ///< one streamed MoE call at a time; guards the buffers below
+    // working buffers of streamed_moe_forward, sized at open (no allocation per call)
+    std::vector<moe_expert_weights> views;  ///< [n_experts] the layer's expert views, slots bound in
+    std::vector<uint32_t> ids;              ///< [n_experts] groups of a chunk's active experts
+    std::vector<expert_store::ticket> tickets;
+    std::vector<std::size_t> units;         ///< moe_up units run together
 
     uint32_t group(std::size_t layer, std::size_t e) const { return uint32_t(layer * n_experts + e); }
 };
@@ -75,6 +80,10 @@ inline std::unique_ptr<expert_streamer> make_expert_streamer(const model_config&
     so.trace_header = "layers " + std::to_string(L) + " experts " + std::to_string(E) + " topk " +
                       std::to_string(s->topk);
     s->store = std::make_unique<expert_store>(groups, so, s->topk);
+    s->views.resize(E);
+    s->ids.resize(E);
+    s->tickets.resize(E);
+    s->units.reserve((E + 1) * (c.moe_intermediate_size / 128));
     s->off.resize(L * E);
     for (std::size_t g = 0; g < L * E; ++g) {
         auto at = [&](std::size_t k) { return s->store->offset_of(uint32_t(g), groups[g][k]); };
@@ -93,16 +102,17 @@ inline void streamed_moe_forward(expert_streamer& st, std::size_t layer, const m
     const par::tbb_executor ex;
     const std::size_t E = c.n_experts, nch = c.inter / 128;
     const std::size_t chunk = std::min(s.max_tokens, std::max<std::size_t>(1, st.store->slots() / c.topk));
-    std::vector<moe_expert_weights> views(w.experts, w.experts + E);  // mapped views: checked, never read
+    std::lock_guard<std::mutex> turn(st.turn);
+    detail::require(st.views.size() == E, "streamed_moe_forward", "expert count differs from the streamer's");
+    std::vector<moe_expert_weights>& views = st.views;
+    std::vector<uint32_t>& ids = st.ids;
+    std::vector<expert_store::ticket>& tk = st.tickets;
+    std::vector<std::size_t>& units = st.units;
     moe_weights mw = w;
     mw.experts = views.data();
-    std::vector<uint32_t> ids(E);
-    std::vector<expert_store::ticket> tk(E);
-    std::vector<std::size_t> units;
-    std::lock_guard<std::mutex> turn(st.turn);
     for (std::size_t t0 = 0; t0 < tokens; t0 += chunk) {
         const std::size_t n = std::min(tokens - t0, chunk);
-        std::copy(w.experts, w.experts + E, views.begin());
+        std::copy(w.experts, w.experts + E, views.begin());  // mapped views: checked, never read
         moe_run r = moe_begin(c, mw, x + t0 * x_stride, x_stride, token_ids ? token_ids + t0 : nullptr, n,
                               y + t0 * y_stride, y_stride, s);
         ex(E, moe_gate_grain, [&](std::size_t a, std::size_t b) { moe_gate_rows(r, a, b); });
