@@ -4,10 +4,19 @@
 //   dsv4-generate --model DIR (--prompt-ids 0,5,17 | --prompt-file F) [--max-new-tokens N]
 //                 [--temperature T] [--top-p P] [--seed S] [--threads N] [--revision current|initial]
 //                 [--numerics reference|fast] [--chunk N] [--ignore-eos]
-//                 [--mtp | --draft K] [--verify]
+//                 [--mtp | --draft K] [--verify] [--ram-budget BYTES [--cache lru|lfu] [--io-threads N]
+//                 [--no-direct] [--lock-resident]] [--trace FILE] [--warmup N]
 //   dsv4-generate --model DIR --prompt "text" [--think] [--system TEXT] [--raw] [--tokenizer FILE]
 //   dsv4-generate --model DIR --chat [--think] [--system TEXT] [--save-session F] [--load-session F]
 //   dsv4-generate --model DIR --verify
+//
+// --ram-budget (e.g. 12G): a checkpoint larger than RAM (docs/streaming.md): everything but the
+// routed experts is copied into memory at load, the routed experts stream from disk into a
+// cache of that many bytes (--cache policy, --io-threads concurrent reads, O_DIRECT unless
+// --no-direct); the summary adds the cache's hit rate and bytes read per decoded token.
+// --warmup N leaves the first N decoded tokens out of the decode tokens/s and the cache's
+// decode counters (a steady-state measurement). --trace FILE writes the routing trace (one
+// line of expert ids per layer and chunk; needs --ram-budget) for dsv4-stream-bench replay.
 //
 // Text mode (--prompt / --chat; examples/generate_text.hpp): the checkpoint's tokenizer.json,
 // the DeepSeek-V4 chat encoding, streaming text, turns appended to the live sequence.
@@ -66,12 +75,16 @@ void usage(FILE* f) {
                  "                     [--seed S=0] [--threads N=all] [--revision current|initial]\n"
                  "                     [--max-context N] [--numerics reference|fast] [--chunk N=0]\n"
                  "                     [--ignore-eos] [--mtp | --draft K] [--verify]\n"
+                 "                     [--ram-budget BYTES[K|M|G] [--cache lfu|lru] [--io-threads N=8] [--no-direct]\n"
+                 "                      [--lock-resident] [--trace FILE]] [--warmup N=0]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
                  "the routed experts on int8 activations. --chunk N prefills the prompt in pieces of N tokens\n"
                  "(memory bounded by N; 0 = one piece, the official prefill).\n"
                  "--mtp drafts 1 token per main-model pass with the checkpoint's MTP block and verifies it\n"
                  "in that pass (speculative decoding; same greedy output); --draft K drafts K (1 to 3).\n"
+                 "--ram-budget streams the routed experts from disk into a cache of that many bytes (the\n"
+                 "rest is copied into memory at load); --trace FILE records the routing (docs/streaming.md).\n"
                  "--prompt: one user turn through the chat template (--raw: plain text after BOS); --chat: one\n"
                  "turn per stdin line until EOF, each appended to the live sequence; --think: thinking mode,\n"
                  "the reasoning printed apart; the tokenizer is DIR/tokenizer.json unless --tokenizer.\n"
@@ -120,6 +133,16 @@ uint64_t count(const std::string& opt, const std::string& v) {
     return std::stoull(v);
 }
 
+/// BYTES with an optional K, M or G suffix (powers of 1024).
+uint64_t bytes_arg(const std::string& opt, std::string v) {
+    uint64_t mul = 1;
+    if (!v.empty() && (v.back() == 'K' || v.back() == 'M' || v.back() == 'G')) {
+        mul = v.back() == 'K' ? 1024 : v.back() == 'M' ? 1024 * 1024 : 1024ull * 1024 * 1024;
+        v.pop_back();
+    }
+    return count(opt, v) * mul;
+}
+
 std::string bad_tensors(std::size_t n) { return std::to_string(n) + (n == 1 ? " bad tensor" : " bad tensors"); }
 
 /// The byte-level pass over an opened checkpoint: summary on stdout, bad tensors on stderr.
@@ -150,10 +173,11 @@ double peak_rss_mib() {
 }
 
 int run(int argc, char** argv) {
-    std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference";
-    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, draft = 0;
+    std::string model_dir, ids_text, ids_file, revision = "current", numerics = "reference", trace, cache = "lfu";
+    uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, draft = 0, ram_budget = 0, io_threads = 8,
+             warmup = 0;
     double temperature = 0.0, top_p = 1.0;
-    bool verify_bytes = false, ignore_eos = false;
+    bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false;
     generate_text::options text;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -167,6 +191,10 @@ int run(int argc, char** argv) {
         }
         if (a == "--mtp") {
             draft = draft ? draft : 1;
+            continue;
+        }
+        if (a == "--no-direct" || a == "--lock-resident") {
+            (a == "--no-direct" ? no_direct : lock_resident) = true;
             continue;
         }
         if (a == "--chat" || a == "--think" || a == "--raw") {
@@ -188,6 +216,11 @@ int run(int argc, char** argv) {
         else if (a == "--max-context") max_ctx = count(a, v);
         else if (a == "--chunk") chunk = count(a, v);
         else if (a == "--draft") draft = count(a, v);
+        else if (a == "--ram-budget") ram_budget = bytes_arg(a, v);
+        else if (a == "--trace") trace = v;
+        else if (a == "--cache") cache = v;
+        else if (a == "--io-threads") io_threads = count(a, v);
+        else if (a == "--warmup") warmup = count(a, v);
         else if (a == "--prompt") text.prompt = v;
         else if (a == "--tokenizer") text.tokenizer_path = v;
         else if (a == "--system") text.system = v;
@@ -210,6 +243,9 @@ int run(int argc, char** argv) {
     if (numerics != "reference" && numerics != "fast") throw usage_error("--numerics must be reference or fast");
     if (draft > 3) throw usage_error("--draft must be 1 to 3");
     if (draft && text_mode) throw usage_error("--mtp / --draft go with --prompt-ids or --prompt-file (not text mode yet)");
+    if (cache != "lru" && cache != "lfu") throw usage_error("--cache must be lru or lfu");
+    if (!trace.empty() && !ram_budget) throw usage_error("--trace needs --ram-budget");
+    if (io_threads < 1 || io_threads > 256) throw usage_error("--io-threads must be 1..256");
 
     if (verify_only) {  // config + schema as a run checks them, then every byte
         const dsv4::model_config cfg = dsv4::load_model_config(model_dir);
@@ -240,6 +276,12 @@ int run(int argc, char** argv) {
     // activations per 32 with integer dot products (faster; error bound in docs/numerics.md)
     opt.numerics = numerics == "fast" ? dsv4::moe_numerics::fast : dsv4::moe_numerics::reference;
     opt.max_context = max_ctx;
+    opt.ram_budget = ram_budget;
+    opt.cache = cache == "lfu" ? dsv4::cache_policy::lfu : dsv4::cache_policy::lru;
+    opt.io_threads = unsigned(io_threads);
+    opt.direct_io = !no_direct;
+    opt.lock_resident = lock_resident;
+    opt.expert_trace = trace;
     const dsv4::model m = dsv4::model::open(model_dir, opt);
     const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
     if (verify_bytes && !verify(m.weights(), model_dir, threads)) return 1;
@@ -287,6 +329,9 @@ int run(int argc, char** argv) {
     else if (chunk) m.prefill_chunked(s, prompt.data(), prompt.size(), chunk, logits.data());
     else m.prefill(s, prompt.data(), prompt.size(), logits.data());
     const double prefill_s = std::chrono::duration<double>(clock::now() - t1).count();
+    const dsv4::expert_streamer* xs = m.streamer();
+    const dsv4::expert_store_stats st_prefill = xs ? xs->store->stats() : dsv4::expert_store_stats{};
+    dsv4::expert_store_stats st0 = st_prefill;
 
     std::printf("generated:");
     std::fflush(stdout);
@@ -308,15 +353,24 @@ int run(int argc, char** argv) {
             break;
         }
         if (j + 1 == max_new) break;
-        ++decoded;
-        if (spec) continue;
+        if (spec) {  // the round's tokens were decoded (and timed) in spec->step
+            ++decoded;
+            continue;
+        }
         const auto t2 = clock::now();
         m.decode(s, id, logits.data());
-        decode_s += std::chrono::duration<double>(clock::now() - t2).count();
+        if (j >= warmup) {
+            decode_s += std::chrono::duration<double>(clock::now() - t2).count();
+            ++decoded;
+        } else if (xs && j + 1 == warmup) {
+            st0 = xs->store->stats();
+        }
     }
     std::printf("\n");
     const auto mem = m.weights().memory();
-    std::printf("load %.3f s | prefill %zu tokens%s%s %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.1f tokens/s",
+    if (warmup) std::printf("(the first %llu decoded tokens are left out of the decode numbers: --warmup)\n",
+                            (unsigned long long)warmup);
+    std::printf("load %.3f s | prefill %zu tokens%s%s %.3f s = %.1f tokens/s | decode %llu tokens %.3f s = %.2f tokens/s",
                 load_s, prompt.size(), chunk ? (" (chunks of " + std::to_string(chunk) + ")").c_str() : "",
                 spec ? " + MTP block" : "", prefill_s, double(prompt.size()) / prefill_s, (unsigned long long)decoded,
                 decode_s, decoded ? double(decoded) / decode_s : 0.0);
@@ -332,6 +386,24 @@ int run(int argc, char** argv) {
                 mem.files);
     if (mem.bytes_touched) std::printf(" (%.1f MiB touched)", double(*mem.bytes_touched) / 1048576.0);
     std::printf("\n");
+    if (ram_budget && !xs) std::printf("experts: the budget holds every routed expert: mapped as without --ram-budget\n");
+    if (xs) {
+        const dsv4::expert_store_stats st = xs->store->stats();
+        const double mib = 1048576.0, slot = double(xs->store->slot_bytes());
+        const uint64_t h = st.hits - st0.hits, mi = st.misses - st0.misses;
+        std::printf("experts: budget %.1f MiB = %zu slots of %.2f MiB, %s, %s reads, %u I/O threads | resident part "
+                    "%.1f MiB copied in %.2f s%s\n",
+                    double(ram_budget) / mib, xs->store->slots(), slot / mib, dsv4::cache_policy_name(opt.cache),
+                    xs->store->direct() ? "O_DIRECT" : "buffered", opt.io_threads, double(xs->resident.bytes) / mib,
+                    xs->resident.seconds, lock_resident ? (xs->resident.locked ? ", mlocked" : ", mlock failed") : "");
+        std::printf("experts: prefill %llu hits %llu misses | decode %llu hits %llu misses = hit rate %.1f %%, "
+                    "%.1f MiB hit + %.1f MiB read per token, %.1f MiB read in all, %.3f s of the decode waiting for reads\n",
+                    (unsigned long long)st_prefill.hits, (unsigned long long)st_prefill.misses, (unsigned long long)h,
+                    (unsigned long long)mi, h + mi ? 100.0 * double(h) / double(h + mi) : 0.0,
+                    decoded ? double(h) * slot / mib / double(decoded) : 0.0,
+                    decoded ? double(mi) * slot / mib / double(decoded) : 0.0, double(st.bytes_read) / mib,
+                    st.wait_seconds - st0.wait_seconds);
+    }
     return 0;
 }
 

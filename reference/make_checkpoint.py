@@ -39,6 +39,10 @@ Presets:
   a hash layer, no MTP. ~12.6 GB; written streaming, tensor by tensor (big BF16 tensors in row
   chunks), never holding more than one tensor (or chunk) in memory, with a progress bar.
 
+``--layers N`` (any preset) gives N main layers, the compress_ratios pattern repeated (real-dims
+``--layers 9``: [0, 4, 128, 4, 128, ...], ~35 GB: a checkpoint larger than a 24 GB machine's RAM,
+for the expert-streaming measurements of docs/streaming.md; write it on demand, never in CI).
+
 Config variants (any preset): ``--set FIELD=JSON`` replaces a top-level config field (the value
 is JSON: ``--set o_lora_rank=64``, ``--set 'compress_ratios=[0,4,128,4]'``), ``--unset FIELD``
 removes one (``--unset num_nextn_predict_layers``: no MTP block, as the official code reads the
@@ -480,6 +484,20 @@ SPOT_DEFAULT = ["embed.weight", "head.weight", "hc_head_fn", "hc_head_scale", "l
                 "mtp.0.hc_head_base"]
 
 
+def with_layers(cfg, n):
+    """A copy of cfg with n main layers: compress_ratios keeps its first main entry, repeats the
+    rest of the main pattern and keeps the MTP entries; num_hash_layers is capped at n."""
+    cfg = json.loads(json.dumps(cfg))
+    L = cfg["num_hidden_layers"]
+    main, mtp = cfg["compress_ratios"][:L], cfg["compress_ratios"][L:]
+    cycle = main[1:] or main
+    ratios = main[:1] + [cycle[i % len(cycle)] for i in range(n - 1)]
+    cfg["num_hidden_layers"] = n
+    cfg["compress_ratios"] = ratios[:n] + mtp
+    cfg["num_hash_layers"] = min(cfg.get("num_hash_layers", 0), n)
+    return cfg
+
+
 def edit_config(cfg, sets=(), unsets=()):
     """A copy of cfg with ``FIELD=JSON`` assignments and FIELD removals applied (in that order)."""
     cfg = json.loads(json.dumps(cfg))
@@ -505,6 +523,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quant", choices=["exact", "fast"], help="weight quantisation mode (see above)")
     ap.add_argument("--shards", type=int, help="number of shards (>= 2)")
+    ap.add_argument("--layers", type=int, metavar="N",
+                    help="main layers (the preset's compress_ratios pattern repeated; real-dims: "
+                         "N=9 is ~35 GB, for runs larger than RAM)")
     ap.add_argument("--config-only", action="store_true", help="write config.json only")
     ap.add_argument("--spot", metavar="DIR", help="also save a few tensors' bytes as .npy in DIR")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
@@ -516,6 +537,10 @@ def main():
     prog.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args()
     cfg = json.loads(json.dumps(PRESETS[args.preset]))
+    if args.layers is not None:
+        if args.layers < 1:
+            ap.error("--layers must be at least 1")
+        cfg = with_layers(cfg, args.layers)
     try:
         cfg = edit_config(cfg, args.set, args.unset)
     except ValueError as e:

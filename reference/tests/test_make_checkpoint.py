@@ -246,6 +246,20 @@ class Presets(unittest.TestCase):
         self.assertEqual(sh["layers.1.attn.indexer.wq_b.weight"], (4 * 96, 128))
         self.assertEqual(sh["layers.1.attn.indexer.compressor.ape"], (4, 192))
 
+    def test_layers_option(self):
+        # --layers N: the main compress_ratios pattern repeated, MTP entries kept, hash layers capped
+        rd = MC.with_layers(MC.PRESETS["real-dims"], 10)
+        self.assertEqual(rd["num_hidden_layers"], 10)
+        self.assertEqual(rd["compress_ratios"], [0, 4, 128, 4, 128, 4, 128, 4, 128, 4])
+        self.assertEqual(MC.PRESETS["real-dims"]["num_hidden_layers"], 3)   # the preset is untouched
+        toy = MC.with_layers(MC.PRESETS["toy"], 6)
+        self.assertEqual(toy["compress_ratios"], [0, 4, 128, 4, 4, 128, 0])  # 6 main + the MTP block's
+        one = MC.with_layers(MC.PRESETS["toy"], 1)
+        self.assertEqual((one["compress_ratios"], one["num_hash_layers"]), ([0, 0], 1))
+        names = {e[0] for e in MC.schema(rd)}
+        self.assertIn("layers.9.ffn.experts.255.w2.scale", names)
+        self.assertNotIn("layers.10.attn_norm.weight", names)
+
     def test_fast_mode_tables_match_exact_quantisation(self):
         std = 1.0 / math.sqrt(4096)
         code, sigma = MC._fast_scale(std, FM.E2M1_MAX, MC.FP4_BLOCK_AMAX)

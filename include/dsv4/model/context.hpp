@@ -8,6 +8,7 @@
 #include "../codec.hpp"
 #include "../parallel.hpp"
 #include "../rope.hpp"
+#include "expert_streaming.hpp"
 #include "options.hpp"
 #include "weights.hpp"
 #include "workspace.hpp"
@@ -24,6 +25,7 @@ struct model_context {
     forward_options opt;
     std::unique_ptr<checkpoint> ck;  ///< the mapped shards every weight view points into
     model_weights w;
+    std::unique_ptr<expert_streamer> stream;   ///< routed experts from disk (forward_options::ram_budget)
     std::size_t D = 0, H = 0, hd = 0, ql = 0;  ///< hidden, heads, head_dim, q_lora_rank
     std::size_t max_ctx = 0;                   ///< positions a sequence may reach
     std::size_t window = 0;                    ///< sliding window (config sliding_window): ring slots per layer

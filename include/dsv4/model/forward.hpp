@@ -79,6 +79,7 @@ public:
         init_model_context(c);
         c.w = bind_model_weights(c.cfg, *c.ck);
         m.fingerprint_ = checkpoint_fingerprint(*c.ck);
+        if (opt.ram_budget && opt.ram_budget < routed_expert_bytes(*c.ck)) c.stream = make_expert_streamer(c.cfg, *c.ck, opt);
         return m;
     }
 
@@ -103,6 +104,8 @@ public:
     const model_config& config() const noexcept { return ctx_->cfg; }
     const checkpoint& weights() const noexcept { return *ctx_->ck; }
     const forward_options& options() const noexcept { return ctx_->opt; }
+    /// The routed-expert cache when streaming (forward_options::ram_budget), else null.
+    const expert_streamer* streamer() const noexcept { return ctx_->stream.get(); }
     std::size_t vocab() const noexcept { return ctx_->cfg.vocab_size; }
     std::size_t max_context() const noexcept { return ctx_->max_ctx; }
     /// What every block reads (config, options, RoPE tables, weight views): for blocks run

@@ -3,9 +3,11 @@
 #pragma once
 
 #include "../codec.hpp"
+#include "../io/expert_store.hpp"
 #include "../moe.hpp"
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace dsv4 {
@@ -26,6 +28,15 @@ struct forward_options {
     std::size_t chunk = 512;      ///< tokens per call a sequence's workspace holds (prefill_chunked's piece)
     bool validate = true;         ///< check every tensor against the config (validate_checkpoint)
     bool check_finite = true;     ///< NaN/Inf in a layer's residual streams or the logits is a dsv4::error
+    // A checkpoint larger than RAM (model/expert_streaming.hpp, docs/streaming.md): with a
+    // ram_budget below the routed experts' bytes, everything else is copied into owned memory at
+    // open and the routed experts stream from disk into a cache of ram_budget bytes.
+    uint64_t ram_budget = 0;      ///< routed-expert cache bytes; 0 (or >= all experts): map everything
+    cache_policy cache = cache_policy::lfu;  ///< eviction policy (LFU: at least LRU's hit rate on every trace of docs/streaming.md)
+    unsigned io_threads = 8;      ///< concurrent expert reads (queue depth)
+    bool direct_io = true;        ///< O_DIRECT reads where the file system allows
+    bool lock_resident = false;   ///< mlock the resident part
+    std::string expert_trace;     ///< if set: write the routing trace (one line per layer chunk) here
 
     static forward_options for_revision(model_revision r) {
         forward_options o;

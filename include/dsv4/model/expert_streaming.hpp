@@ -1,0 +1,166 @@
+// dsv4/model/expert_streaming.hpp - the model over a checkpoint larger than RAM
+// (forward_options::ram_budget): everything but the routed experts is made resident at open
+// (io/expert_store.hpp make_resident: owned memory, no page faults later, no SIGBUS if a shard
+// changes), and the routed experts (layer, expert) stream into an expert_store under the
+// budget. The MoE sub-block then runs the phases of moe.hpp itself:
+//   gate + route -> acquire the chunk's experts (every miss's reads issued at once)
+//   -> prepare -> the shared expert and the hits' up units (overlapping the reads)
+//   -> each miss's up units as it lands -> down -> release.
+// Same bits as the mapped run: the same phases on the same bytes (moe.hpp: results do not
+// depend on the chunking or the order of the work items). Chunks have at most slots / topk
+// tokens so that a chunk's experts fit the slots. Streamed MoE blocks of concurrent
+// sequences take turns (one call at a time per model); its buffers are allocated at open.
+#pragma once
+
+#include "../io/expert_store.hpp"
+#include "../moe.hpp"
+#include "options.hpp"
+#include "weights.hpp"
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace dsv4 {
+inline namespace DSV4_ISA_NS {
+
+/// The routed-expert cache of a model opened with a ram_budget.
+struct expert_streamer {
+    std::size_t n_experts = 0, topk = 0;
+    std::unique_ptr<expert_store> store;
+    /// Per (layer, expert): the slot offsets of w1, w3, w2 weight and scale.
+    struct offsets {
+        uint64_t w1, s1, w3, s3, w2, s2;
+    };
+    std::vector<offsets> off;
+    resident_report resident;
+    std::mutex turn;  ///< one streamed MoE call at a time; guards the buffers below
+    // working buffers of streamed_moe_forward, sized at open (no allocation per call)
+    std::vector<moe_expert_weights> views;  ///< [n_experts] the layer's expert views, slots bound in
+    std::vector<uint32_t> ids;              ///< [n_experts] groups of a chunk's active experts
+    std::vector<expert_store::ticket> tickets;
+    std::vector<std::size_t> units;         ///< moe_up units run together
+
+    uint32_t group(std::size_t layer, std::size_t e) const { return uint32_t(layer * n_experts + e); }
+};
+
+/// Whether a tensor is a routed expert's (streamed) and whether the forward reads it at all.
+inline bool is_routed_expert_tensor(std::string_view name) { return name.find(".ffn.experts.") != std::string_view::npos; }
+inline bool is_main_model_tensor(std::string_view name) { return name.substr(0, 4) != "mtp."; }
+
+/// Bytes of every routed expert's tensors in the checkpoint.
+inline uint64_t routed_expert_bytes(const checkpoint& ck) {
+    uint64_t b = 0;
+    for (const tensor_view& t : ck.tensors())
+        if (is_routed_expert_tensor(t.name)) b += t.bytes;
+    return b;
+}
+
+/// Sets up streaming for a bound model: the resident part copied, the store made.
+inline std::unique_ptr<expert_streamer> make_expert_streamer(const model_config& c, const checkpoint& ck,
+                                                             const forward_options& o) {
+    auto s = std::make_unique<expert_streamer>();
+    const std::size_t L = c.num_hidden_layers, E = c.n_routed_experts;
+    s->n_experts = E;
+    s->topk = c.num_experts_per_tok;
+    std::vector<std::vector<const tensor_view*>> groups(L * E);
+    for (std::size_t l = 0; l < L; ++l)
+        for (std::size_t e = 0; e < E; ++e) {
+            const std::string X = "layers." + std::to_string(l) + ".ffn.experts." + std::to_string(e) + ".";
+            for (const char* n : {"w1.weight", "w1.scale", "w3.weight", "w3.scale", "w2.weight", "w2.scale"})
+                groups[l * E + e].push_back(&ck.at(X + n));
+        }
+    expert_store_options so;
+    so.budget_bytes = o.ram_budget;
+    so.policy = o.cache;
+    so.io_threads = o.io_threads;
+    so.direct = o.direct_io;
+    so.trace_path = o.expert_trace;
+    so.trace_header = "layers " + std::to_string(L) + " experts " + std::to_string(E) + " topk " +
+                      std::to_string(s->topk);
+    s->store = std::make_unique<expert_store>(groups, so, s->topk);
+    s->views.resize(E);
+    s->ids.resize(E);
+    s->tickets.resize(E);
+    s->units.reserve((E + 1) * (c.moe_intermediate_size / 128));
+    s->off.resize(L * E);
+    for (std::size_t g = 0; g < L * E; ++g) {
+        auto at = [&](std::size_t k) { return s->store->offset_of(uint32_t(g), groups[g][k]); };
+        s->off[g] = expert_streamer::offsets{at(0), at(1), at(2), at(3), at(4), at(5)};
+    }
+    s->resident = make_resident(
+        ck, [](std::string_view n) { return is_main_model_tensor(n) && !is_routed_expert_tensor(n); }, o.lock_resident);
+    return s;
+}
+
+/// y [S, D] = MoE of x [S, D] for `layer`, routed experts from the streamer's cache (see the
+/// top of this file). Same arguments as par::moe_forward.
+inline void streamed_moe_forward(expert_streamer& st, std::size_t layer, const moe_config& c, const moe_weights& w,
+                                 const uint16_t* x, std::size_t x_stride, const int64_t* token_ids, std::size_t tokens,
+                                 uint16_t* y, std::size_t y_stride, const moe_scratch& s) {
+    const par::tbb_executor ex;
+    const std::size_t E = c.n_experts, nch = c.inter / 128;
+    const std::size_t chunk = std::min(s.max_tokens, std::max<std::size_t>(1, st.store->slots() / c.topk));
+    std::lock_guard<std::mutex> turn(st.turn);
+    detail::require(st.views.size() == E, "streamed_moe_forward", "expert count differs from the streamer's");
+    std::vector<moe_expert_weights>& views = st.views;
+    std::vector<uint32_t>& ids = st.ids;
+    std::vector<expert_store::ticket>& tk = st.tickets;
+    std::vector<std::size_t>& units = st.units;
+    moe_weights mw = w;
+    mw.experts = views.data();
+    for (std::size_t t0 = 0; t0 < tokens; t0 += chunk) {
+        const std::size_t n = std::min(tokens - t0, chunk);
+        std::copy(w.experts, w.experts + E, views.begin());  // mapped views: checked, never read
+        moe_run r = moe_begin(c, mw, x + t0 * x_stride, x_stride, token_ids ? token_ids + t0 : nullptr, n,
+                              y + t0 * y_stride, y_stride, s);
+        ex(E, moe_gate_grain, [&](std::size_t a, std::size_t b) { moe_gate_rows(r, a, b); });
+        moe_route(r);
+        const std::size_t na = r.n_active;
+        for (std::size_t a = 0; a < na; ++a) ids[a] = st.group(layer, r.active[a]);
+        st.store->acquire(ids.data(), na, tk.data());
+        struct releaser {
+            expert_store& s;
+            const expert_store::ticket* t;
+            std::size_t n;
+            ~releaser() { s.release(t, n); }
+        } rel{*st.store, tk.data(), na};
+        auto bind = [&](std::size_t a, const unsigned char* base) {
+            const expert_streamer::offsets& o = st.off[ids[a]];
+            moe_expert_weights& v = views[r.active[a]];
+            v.w1.w = base + o.w1;
+            v.w1.scale = base + o.s1;
+            v.w3.w = base + o.w3;
+            v.w3.scale = base + o.s3;
+            v.w2.w = base + o.w2;
+            v.w2.scale = base + o.s2;
+        };
+        auto run_units = [&](const std::vector<std::size_t>& u) {
+            ex(u.size(), 1, [&](std::size_t a, std::size_t b) {
+                for (std::size_t i = a; i < b; ++i) moe_up(r, u[i], u[i] + 1);
+            });
+        };
+        ex(n, 1, [&](std::size_t a, std::size_t b) { moe_prepare(r, a, b); });
+        // the shared expert and the hits first, while the misses are read
+        units.clear();
+        for (std::size_t u = na * nch; u < (na + 1) * nch; ++u) units.push_back(u);
+        for (std::size_t a = 0; a < na; ++a)
+            if (tk[a].hit) {
+                bind(a, st.store->wait(tk[a]));
+                for (std::size_t u = a * nch; u < (a + 1) * nch; ++u) units.push_back(u);
+            }
+        run_units(units);
+        for (std::size_t a = 0; a < na; ++a)  // each miss as it lands (reads complete in issue order)
+            if (!tk[a].hit) {
+                bind(a, st.store->wait(tk[a]));
+                units.clear();
+                for (std::size_t u = a * nch; u < (a + 1) * nch; ++u) units.push_back(u);
+                run_units(units);
+            }
+        ex(c.dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b); });
+    }
+}
+
+}  // namespace DSV4_ISA_NS
+}  // namespace dsv4
