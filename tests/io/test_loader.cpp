@@ -670,7 +670,8 @@ TEST_CASE("loader: every configuration the official code accepts parses (issue 1
                             {"field 'compress_ratios[2]' = 64, expected 0, 4 or 128"});
     }
     SUBCASE("o_lora_rank: only o_groups * o_lora_rank must be a multiple of 128 (convert.py)") {
-        for (const auto& [groups, rank] : std::vector<std::pair<int, int>>{{2, 64}, {4, 32}, {1, 128}, {2, 192}}) {
+        for (const auto& gr_rank : std::vector<std::pair<int, int>>{{2, 64}, {4, 32}, {1, 128}, {2, 192}}) {
+            const int groups = gr_rank.first, rank = gr_rank.second;  // (Clang 14: no lambda capture of bindings)
             CAPTURE(groups);
             CAPTURE(rank);
             const auto c = config_with([&](json& j) {
