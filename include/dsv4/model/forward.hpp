@@ -248,15 +248,7 @@ private:
         for (std::size_t t = 0; t < S; ++t)
             for (std::size_t k = 0; k < hc_mult; ++k)
                 std::memcpy(Hs + t * W + k * D, m.w.embed + std::size_t(ids[t]) * D, D * sizeof(uint16_t));
-        const std::size_t hc_bytes = bytes_needed(m.hc, S), mt = std::min<std::size_t>(S, 64);
-        const std::size_t moe_bytes = bytes_needed(m.moe, mt);
-        const block_buffers b{ws.take<uint16_t>(S * D),
-                              ws.take<uint16_t>(S * D),
-                              ws.take<float>(S * 4),
-                              ws.take<float>(S * 16),
-                              hc_scratch{ws.take<unsigned char>(hc_bytes), hc_bytes},
-                              moe_scratch{ws.take<unsigned char>(moe_bytes), moe_bytes, mt},
-                              ws.take<float>(m.moe.topk)};
+        const block_buffers b = take_block_buffers(m, ws, S);
         if (diag) {
             diag->layer_out.assign(L * W, 0);
             diag->moe_idx.assign(L * m.moe.topk, -1);

@@ -22,6 +22,19 @@ struct block_buffers {
     float* route_weights;  ///< [topk] (diagnostics only)
 };
 
+/// The block buffers of a call of S tokens, carved from the sequence's workspace.
+inline block_buffers take_block_buffers(const model_context& m, forward_workspace& ws, std::size_t S) {
+    const std::size_t hc_bytes = bytes_needed(m.hc, S), mt = std::min<std::size_t>(S, 64);
+    const std::size_t moe_bytes = bytes_needed(m.moe, mt);
+    return block_buffers{ws.take<uint16_t>(S * m.D),
+                         ws.take<uint16_t>(S * m.D),
+                         ws.take<float>(S * 4),
+                         ws.take<float>(S * 16),
+                         hc_scratch{ws.take<unsigned char>(hc_bytes), hc_bytes},
+                         moe_scratch{ws.take<unsigned char>(moe_bytes), moe_bytes, mt},
+                         ws.take<float>(m.moe.topk)};
+}
+
 /// H [S, 4, D] += attention sub-block of layer w (in place through hc_post).
 inline void attention_sub_block(const model_context& m, const layer_weights& w, layer_state& st, uint16_t* Hs,
                                 std::size_t S, int64_t start, const block_buffers& b, int32_t* index_picks,

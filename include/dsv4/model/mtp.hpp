@@ -137,15 +137,7 @@ private:
             }
         }
 
-        const std::size_t hc_bytes = bytes_needed(m.hc, S), mt = std::min<std::size_t>(S, 64);
-        const std::size_t moe_bytes = bytes_needed(m.moe, mt);
-        const block_buffers bb{ws.take<uint16_t>(S * D),
-                               ws.take<uint16_t>(S * D),
-                               ws.take<float>(S * 4),
-                               ws.take<float>(S * 16),
-                               hc_scratch{ws.take<unsigned char>(hc_bytes), hc_bytes},
-                               moe_scratch{ws.take<unsigned char>(moe_bytes), moe_bytes, mt},
-                               ws.take<float>(m.moe.topk)};
+        const block_buffers bb = take_block_buffers(m, ws, S);
         attention_sub_block(m, w_.block, s.layers[0], X, S, start, bb, nullptr, ws);
         moe_sub_block(m, w_.block, X, ids, S, bb, nullptr);
         if (streams_out) std::memcpy(streams_out, X, S * W * sizeof(uint16_t));
