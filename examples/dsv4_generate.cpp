@@ -5,7 +5,7 @@
 //                 [--temperature T] [--top-p P] [--seed S] [--threads N] [--revision current|initial]
 //                 [--numerics reference|fast] [--chunk N] [--ignore-eos]
 //                 [--mtp | --draft K] [--verify] [--ram-budget BYTES [--cache lru|lfu] [--io-threads N]
-//                 [--no-direct] [--lock-resident]] [--trace FILE] [--warmup N]
+//                 [--no-direct] [--lock-resident]] [--trace FILE] [--warmup N] [--profile]
 //   dsv4-generate --model DIR --prompt "text" [--think] [--system TEXT] [--raw] [--tokenizer FILE]
 //   dsv4-generate --model DIR --chat [--think] [--system TEXT] [--save-session F] [--load-session F]
 //   dsv4-generate --model DIR --verify
@@ -17,6 +17,9 @@
 // --warmup N leaves the first N decoded tokens out of the decode tokens/s and the cache's
 // decode counters (a steady-state measurement). --trace FILE writes the routing trace (one
 // line of expert ids per layer and chunk; needs --ram-budget) for dsv4-stream-bench replay.
+// --profile counts the parallel regions (fork-join points) of the prefill and of the timed
+// decode steps and splits their time into inside regions and outside (the serial part:
+// norms, RoPE, activation quantisation, index lists, routing, checks); dsv4/regions.hpp.
 //
 // Text mode (--prompt / --chat; examples/generate_text.hpp): the checkpoint's tokenizer.json,
 // the DeepSeek-V4 chat encoding, streaming text, turns appended to the live sequence.
@@ -76,7 +79,7 @@ void usage(FILE* f) {
                  "                     [--max-context N] [--numerics reference|fast] [--chunk N=0]\n"
                  "                     [--ignore-eos] [--mtp | --draft K] [--verify]\n"
                  "                     [--ram-budget BYTES[K|M|G] [--cache lfu|lru] [--io-threads N=8] [--no-direct]\n"
-                 "                      [--lock-resident] [--trace FILE]] [--warmup N=0]\n"
+                 "                      [--lock-resident] [--trace FILE]] [--warmup N=0] [--profile]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
                  "the routed experts on int8 activations. --chunk N prefills the prompt in pieces of N tokens\n"
@@ -89,6 +92,7 @@ void usage(FILE* f) {
                  "turn per stdin line until EOF, each appended to the live sequence; --think: thinking mode,\n"
                  "the reasoning printed apart; the tokenizer is DIR/tokenizer.json unless --tokenizer.\n"
                  "--save-session / --load-session: the sequence's whole state and the conversation.\n"
+                 "--profile prints the parallel regions per token and the time inside / outside them.\n"
                  "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
                  "errors (exit 1 if any); without a prompt it verifies and exits.\n"
                  "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni|avx512_bf16 forces a kernel tier.\n");
@@ -177,7 +181,7 @@ int run(int argc, char** argv) {
     uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, draft = 0, ram_budget = 0, io_threads = 8,
              warmup = 0;
     double temperature = 0.0, top_p = 1.0;
-    bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false;
+    bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false, profile = false;
     generate_text::options text;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -185,8 +189,8 @@ int run(int argc, char** argv) {
             usage(stdout);
             return 0;
         }
-        if (a == "--verify" || a == "--ignore-eos") {
-            (a == "--verify" ? verify_bytes : ignore_eos) = true;
+        if (a == "--verify" || a == "--ignore-eos" || a == "--profile") {
+            (a == "--verify" ? verify_bytes : a == "--profile" ? profile : ignore_eos) = true;
             continue;
         }
         if (a == "--mtp") {
@@ -242,6 +246,7 @@ int run(int argc, char** argv) {
     if (revision != "current" && revision != "initial") throw usage_error("--revision must be current or initial");
     if (numerics != "reference" && numerics != "fast") throw usage_error("--numerics must be reference or fast");
     if (draft > 3) throw usage_error("--draft must be 1 to 3");
+    if (profile && (draft || text_mode)) throw usage_error("--profile goes with plain decoding of --prompt-ids / --prompt-file");
     if (draft && text_mode) throw usage_error("--mtp / --draft go with --prompt-ids or --prompt-file (not text mode yet)");
     if (cache != "lru" && cache != "lfu") throw usage_error("--cache must be lru or lfu");
     if (!trace.empty() && !ram_budget) throw usage_error("--trace needs --ram-budget");
@@ -324,6 +329,8 @@ int run(int argc, char** argv) {
     dsv4::sequence_state s = spec ? dsv4::sequence_state{} : m.new_sequence();
     std::vector<float> logits(V);
     std::vector<int64_t> pending;  // speculative: tokens of the last round not printed yet
+    dsv4::region_stats prof_prefill, prof_decode;  // --profile
+    if (profile) s.profile = &prof_prefill;
     const auto t1 = clock::now();
     if (spec) pending.push_back(spec->start(prompt.data(), prompt.size(), chunk ? chunk : prompt.size()));
     else if (chunk) m.prefill_chunked(s, prompt.data(), prompt.size(), chunk, logits.data());
@@ -357,6 +364,7 @@ int run(int argc, char** argv) {
             ++decoded;
             continue;
         }
+        if (profile) s.profile = j >= warmup ? &prof_decode : nullptr;
         const auto t2 = clock::now();
         m.decode(s, id, logits.data());
         if (j >= warmup) {
@@ -382,6 +390,18 @@ int run(int argc, char** argv) {
                     st.rounds ? double(st.rounds + st.accepted) / double(st.rounds) : 0.0);
     }
     std::printf("\n");
+    if (profile) {
+        auto line = [](const char* what, const dsv4::region_stats& st) {
+            if (!st.tokens || !st.calls) return;
+            const double per = double(st.calls), in = double(st.region_ns) / 1e3, all = double(st.forward_ns) / 1e3;
+            std::printf("profile %s: %llu calls, %llu tokens | per call: %.1f parallel regions, %.1f us inside them, "
+                        "%.1f us outside (%.1f %% of %.1f us)\n",
+                        what, (unsigned long long)st.calls, (unsigned long long)st.tokens, double(st.regions) / per,
+                        in / per, (all - in) / per, all > 0 ? 100.0 * (all - in) / all : 0.0, all / per);
+        };
+        line("prefill", prof_prefill);
+        line("decode", prof_decode);
+    }
     std::printf("peak RSS %.1f MiB | mapped %.1f MiB in %zu files", peak_rss_mib(), double(mem.bytes_mapped) / 1048576.0,
                 mem.files);
     if (mem.bytes_touched) std::printf(" (%.1f MiB touched)", double(*mem.bytes_touched) / 1048576.0);

@@ -16,6 +16,7 @@
 #pragma once
 
 #include "codec.hpp"
+#include "regions.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/global_control.h>
@@ -236,16 +237,18 @@ inline void sparse_attention_parallel(const sparse_attention_args& a, void* scra
     }
     const std::size_t hgs = sparse_attention_head_group(a.tokens, a.heads, threads);
     const std::size_t groups = (a.heads + hgs - 1) / hgs;
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, a.tokens * groups, 1),
-                      [&](const tbb::blocked_range<std::size_t>& r) {
-                          // a body never spawns, so no two running bodies share a thread index
-                          const std::size_t slot = std::size_t(tbb::this_task_arena::current_thread_index());
-                          float* ws = reinterpret_cast<float*>(base + slot * per);
-                          for (std::size_t it = r.begin(); it != r.end(); ++it) {
-                              const std::size_t s = it / groups, g = it % groups;
-                              kern(a, s, s + 1, g * hgs, std::min(a.heads, (g + 1) * hgs), ws);
-                          }
-                      });
+    parallel_region([&] {
+        tbb::parallel_for(tbb::blocked_range<std::size_t>(0, a.tokens * groups, 1),
+                          [&](const tbb::blocked_range<std::size_t>& r) {
+                              // a body never spawns, so no two running bodies share a thread index
+                              const std::size_t slot = std::size_t(tbb::this_task_arena::current_thread_index());
+                              float* ws = reinterpret_cast<float*>(base + slot * per);
+                              for (std::size_t it = r.begin(); it != r.end(); ++it) {
+                                  const std::size_t s = it / groups, g = it % groups;
+                                  kern(a, s, s + 1, g * hgs, std::min(a.heads, (g + 1) * hgs), ws);
+                              }
+                          });
+    });
 }
 
 }  // namespace DSV4_ISA_NS

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "config.hpp"
+#include "regions.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -31,8 +32,10 @@ namespace par {
 struct tbb_executor {
     template <class F> void operator()(std::size_t n, std::size_t grain, F&& f) const {
         if (n == 0) return;
-        tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain ? grain : 1),
-                          [&](const tbb::blocked_range<std::size_t>& r) { f(r.begin(), r.end()); });
+        parallel_region([&] {
+            tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain ? grain : 1),
+                              [&](const tbb::blocked_range<std::size_t>& r) { f(r.begin(), r.end()); });
+        });
     }
 };
 }  // namespace par

@@ -6,6 +6,7 @@
 
 #include "gemv.hpp"
 #include "hybrid.hpp"
+#include "regions.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -17,12 +18,14 @@ namespace par {
 /// Calls f(r0, r1) over [0, n) in chunks of at least `grain` rows, in parallel; inside a
 /// placement_scope (hybrid.hpp), split between the core classes of its placement.
 template <class F> void for_rows(std::size_t n, std::size_t grain, F&& f) {
-    if (const hybrid_placement* p = current_placement()) {
-        p->for_rows(n, grain, f);
-        return;
-    }
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain ? grain : 1),
-                      [&](const tbb::blocked_range<std::size_t>& r) { f(r.begin(), r.end()); });
+    parallel_region([&] {
+        if (const hybrid_placement* p = current_placement()) {
+            p->for_rows(n, grain, f);
+            return;
+        }
+        tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain ? grain : 1),
+                          [&](const tbb::blocked_range<std::size_t>& r) { f(r.begin(), r.end()); });
+    });
 }
 
 /// Rows per task: large enough to amortise scheduling, small enough to balance.

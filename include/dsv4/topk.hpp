@@ -6,6 +6,7 @@
 #pragma once
 
 #include "codec.hpp"
+#include "regions.hpp"
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
@@ -57,9 +58,11 @@ inline void topk(const float* scores, std::size_t rows, std::size_t n, std::size
     detail::require(scratch && scratch_bytes >= per * slots, "par::topk", "scratch smaller than par::topk_scratch_bytes(n, k)");
     const auto fn = DSV4_KERNEL(topk_row);
     unsigned char* base = static_cast<unsigned char*>(scratch);
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, rows, 1), [&](const tbb::blocked_range<std::size_t>& rg) {
-        uint32_t* ws = detail::align64_u32(base + std::size_t(tbb::this_task_arena::current_thread_index()) * per);
-        for (std::size_t r = rg.begin(); r != rg.end(); ++r) fn(scores + r * stride, n, k, order, out + r * out_stride, ws);
+    parallel_region([&] {
+        tbb::parallel_for(tbb::blocked_range<std::size_t>(0, rows, 1), [&](const tbb::blocked_range<std::size_t>& rg) {
+            uint32_t* ws = detail::align64_u32(base + std::size_t(tbb::this_task_arena::current_thread_index()) * per);
+            for (std::size_t r = rg.begin(); r != rg.end(); ++r) fn(scores + r * stride, n, k, order, out + r * out_stride, ws);
+        });
     });
 }
 }  // namespace par

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <cmath>
 #include <cstdio>
@@ -587,6 +588,78 @@ TEST_CASE("forward: a sliding window of 64 and no MTP field (accepted by the off
     m.extend(a, ids.data() + 5, 150, la.data());
     for (std::size_t p = 5; p < 155; ++p) m.decode(b, ids[p], lb.data());
     CHECK(std::equal(la.begin(), la.end(), lb.begin(), [](float x, float y) { return same_float(x, y); }));
+}
+
+namespace {
+
+/// Parallel regions of one decode step at position p with `threads` threads, as the code
+/// implies (mhc.hpp hc_*_on, context.hpp fp8_project, indexer.hpp indexer_decode_on,
+/// compressor.hpp compressor_decode_on, attention.hpp sparse_attention_parallel, moe.hpp
+/// moe_forward_on, forward.hpp's head), from the config alone: a change to the forward's
+/// fork-join structure must show here.
+std::size_t decode_regions(const dsv4::model_config& c, int64_t p, std::size_t threads) {
+    const std::size_t hc_pre = 3;   // one token: norm, mix rows, split
+    const std::size_t hc_post = 1;
+    std::size_t n = 0;
+    for (uint32_t l = 0; l < c.num_hidden_layers; ++l) {
+        const uint32_t r = c.compress_ratios[l];
+        n += hc_pre + hc_post;                     // attention sub-block
+        n += 3;                                    // wq_a, wq_b, wkv
+        if (r == 4) n += 2 + ((p + 1) / 4 ? 2 : 0);  // indexer: query, compressor; weights + scores once a key exists
+        if (r) n += 1;                             // main compressor projection
+        n += threads > 1 ? 1 : 0;                  // sparse attention (serial on one thread)
+        n += 2;                                    // wo_a (one 32-token chunk), wo_b
+        n += hc_pre + hc_post + 4;                 // MoE sub-block: gate, prepare, up, down
+    }
+    return n + 1;  // the head (hc_head of one token runs on the calling thread)
+}
+
+}  // namespace
+
+TEST_CASE("forward: the parallel regions of a decode step are counted, as many as the code implies") {
+    const dsv4::model& m = toy();
+    const dsv4::model_config& c = m.config();
+    const std::size_t V = m.vocab();
+    std::vector<int64_t> prompt(20);
+    for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = int64_t((i * 37 + 11) % V);
+    std::vector<float> a(V), b(V);
+    for (const std::size_t threads : {std::size_t(1), std::size_t(2)}) {
+        tbb::task_arena arena{static_cast<int>(threads)};
+        arena.execute([&] {
+            auto s0 = m.new_sequence(), s1 = m.new_sequence();
+            m.prefill(s0, prompt.data(), 2, a.data());  // position 2: no indexer key yet
+            m.prefill(s1, prompt.data(), prompt.size(), b.data());
+            dsv4::region_stats early, late;
+            s0.profile = &early;
+            s1.profile = &late;
+            m.decode(s0, 5, a.data());
+            for (int k = 0; k < 3; ++k) m.decode(s1, 7 + k, b.data());
+            CHECK(early.calls == 1);
+            CHECK(early.tokens == 1);
+            CHECK(early.regions == decode_regions(c, 2, threads));
+            CHECK(late.calls == 3);
+            CHECK(late.tokens == 3);
+            CHECK(late.regions == decode_regions(c, 20, threads) + decode_regions(c, 21, threads) +
+                                      decode_regions(c, 22, threads));
+            CHECK(late.region_ns <= late.forward_ns);
+            MESSAGE(threads << " threads: " << late.regions / 3 << " regions per decoded token (toy, "
+                            << c.num_hidden_layers << " layers)");
+            // not counted without a profile; the logits do not depend on it
+            s1.profile = nullptr;
+            auto s2 = m.new_sequence();
+            m.prefill(s2, prompt.data(), prompt.size(), a.data());
+            s2.profile = &early;
+            m.decode(s1, 10, b.data());
+            m.decode(s2, 7, a.data());
+            m.decode(s2, 8, a.data());
+            m.decode(s2, 9, a.data());
+            s2.profile = nullptr;
+            m.decode(s2, 10, a.data());
+            CHECK(late.calls == 3);
+            CHECK(early.calls == 4);
+            CHECK(std::memcmp(a.data(), b.data(), V * sizeof(float)) == 0);
+        });
+    }
 }
 
 TEST_CASE("forward: argument errors") {

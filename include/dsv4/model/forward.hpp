@@ -48,6 +48,7 @@
 #include "moe_block.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -208,7 +209,19 @@ private:
                         std::to_string(s.max_context));
         s.pos = 0;
         try {
-            forward(s, ids, n, start, out, diag, fn);
+            if (region_stats* st = s.profile) {
+                const auto t0 = std::chrono::steady_clock::now();
+                {
+                    region_count_scope scope(*st);
+                    forward(s, ids, n, start, out, diag, fn);
+                }
+                st->forward_ns += uint64_t(
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+                ++st->calls;
+                st->tokens += n;
+            } else {
+                forward(s, ids, n, start, out, diag, fn);
+            }
         } catch (...) {
             s.ws.end_call();
             s.pos = 0;

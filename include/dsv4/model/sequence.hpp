@@ -30,6 +30,9 @@ struct sequence_state {
     std::size_t head_dim = 0;     ///< width of a cache row
     uint64_t owner = 0;           ///< id of the model that made it (survives moving the model)
     forward_workspace ws;         ///< working memory of this sequence's calls (sized by new_sequence)
+    /// If set, every forward call on this sequence adds its parallel regions, the time inside
+    /// them and its own wall time here (regions.hpp); null: nothing is counted.
+    region_stats* profile = nullptr;
 };
 
 inline namespace DSV4_ISA_NS {
