@@ -237,6 +237,10 @@ inline void sparse_attention_parallel(const sparse_attention_args& a, void* scra
     }
     const std::size_t hgs = sparse_attention_head_group(a.tokens, a.heads, threads);
     const std::size_t groups = (a.heads + hgs - 1) / hgs;
+    if (a.tokens * groups == 1) {  // one item: no fork-join
+        kern(a, 0, 1, 0, a.heads, reinterpret_cast<float*>(base));
+        return;
+    }
     parallel_region([&] {
         tbb::parallel_for(tbb::blocked_range<std::size_t>(0, a.tokens * groups, 1),
                           [&](const tbb::blocked_range<std::size_t>& r) {

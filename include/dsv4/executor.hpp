@@ -28,10 +28,15 @@ struct serial_executor {
 };
 
 namespace par {
-/// oneTBB in the current task arena, dynamic chunks of at least `grain` items.
+/// oneTBB in the current task arena, dynamic chunks of at least `grain` items; n <= grain
+/// (one chunk) runs on the calling thread without a region.
 struct tbb_executor {
     template <class F> void operator()(std::size_t n, std::size_t grain, F&& f) const {
         if (n == 0) return;
+        if (n <= grain) {  // one range: the calling thread's work, no fork-join
+            f(std::size_t(0), n);
+            return;
+        }
         parallel_region([&] {
             tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain ? grain : 1),
                               [&](const tbb::blocked_range<std::size_t>& r) { f(r.begin(), r.end()); });

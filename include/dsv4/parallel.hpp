@@ -11,13 +11,20 @@
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 
+#include <algorithm>
+
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace par {
 
 /// Calls f(r0, r1) over [0, n) in chunks of at least `grain` rows, in parallel; inside a
-/// placement_scope (hybrid.hpp), split between the core classes of its placement.
+/// placement_scope (hybrid.hpp), split between the core classes of its placement. One chunk
+/// (n <= grain) runs on the calling thread: no parallel region.
 template <class F> void for_rows(std::size_t n, std::size_t grain, F&& f) {
+    if (n <= std::max<std::size_t>(grain, 1)) {  // one chunk: the calling thread's, no fork-join
+        if (n) f(std::size_t(0), n);
+        return;
+    }
     parallel_region([&] {
         if (const hybrid_placement* p = current_placement()) {
             p->for_rows(n, grain, f);

@@ -593,25 +593,35 @@ TEST_CASE("forward: a sliding window of 64 and no MTP field (accepted by the off
 namespace {
 
 /// Parallel regions of one decode step at position p with `threads` threads, as the code
-/// implies (mhc.hpp hc_*_on, context.hpp fp8_project, indexer.hpp indexer_decode_on,
-/// compressor.hpp compressor_decode_on, attention.hpp sparse_attention_parallel, moe.hpp
-/// moe_forward_on, forward.hpp's head), from the config alone: a change to the forward's
-/// fork-join structure must show here.
+/// implies (mhc.hpp hc_*_on, context.hpp fp8_linear_pair / fp8_project, indexer.hpp
+/// indexer_decode_on, compressor.hpp compressor_decode_on, attention.hpp
+/// sparse_attention_parallel, moe.hpp moe_forward_on, forward.hpp's head), from the config
+/// alone: a change to the forward's fork-join structure must show here. A split of n items
+/// in chunks of at least `grain` is a region only when it has more than one chunk.
 std::size_t decode_regions(const dsv4::model_config& c, int64_t p, std::size_t threads) {
-    const std::size_t hc_pre = 3;   // one token: norm, mix rows, split
-    const std::size_t hc_post = 1;
+    auto split = [](std::size_t n, std::size_t grain) -> std::size_t { return n > std::max<std::size_t>(grain, 1); };
+    const std::size_t rows = 32;  // par::gemv_grain = exec_row_grain
+    const std::size_t D = c.hidden_size, hd = c.head_dim, H = c.num_attention_heads;
+    const std::size_t hc_pre = split(dsv4::hc_mixes, 6);  // one token: norm and split on the caller, mix rows split
     std::size_t n = 0;
     for (uint32_t l = 0; l < c.num_hidden_layers; ++l) {
         const uint32_t r = c.compress_ratios[l];
-        n += hc_pre + hc_post;                     // attention sub-block
-        n += 3;                                    // wq_a, wq_b, wkv
-        if (r == 4) n += 2 + ((p + 1) / 4 ? 2 : 0);  // indexer: query, compressor; weights + scores once a key exists
-        if (r) n += 1;                             // main compressor projection
-        n += threads > 1 ? 1 : 0;                  // sparse attention (serial on one thread)
-        n += 2;                                    // wo_a (one 32-token chunk), wo_b
-        n += hc_pre + hc_post + 4;                 // MoE sub-block: gate, prepare, up, down
+        n += hc_pre;                                            // attention sub-block (hc_post: one token)
+        n += split(c.q_lora_rank + hd, rows) + split(H * hd, rows);  // wq_a with wkv, wq_b
+        if (r == 4) {                                           // indexer: query, its compressor
+            const std::size_t T = std::size_t(p + 1) / 4, ih = c.index_n_heads;
+            n += split(ih * dsv4::index_head_dim, rows) + split(2 * 2 * dsv4::index_head_dim, rows);
+            if (T) n += split(ih, 8) + split(std::min<std::size_t>(dsv4::indexer_score_pieces, (T + 47) / 48), 1);
+        }
+        if (r) n += split(2 * (r == 4 ? 2 : 1) * hd, rows);    // main compressor projection
+        const std::size_t hg = dsv4::sparse_attention_head_group(1, H, threads);
+        n += threads > 1 && (H + hg - 1) / hg > 1;              // sparse attention (head groups)
+        n += split(std::size_t(c.o_groups) * c.o_lora_rank, rows) + split(D, rows);  // wo_a, wo_b
+        const std::size_t up = (c.num_experts_per_tok + 1) * (c.moe_intermediate_size / 128);
+        n += hc_pre + split(c.n_routed_experts, dsv4::moe_gate_grain) + split(up, 1) +
+             split(D, dsv4::moe_down_grain);                    // MoE sub-block: gate, up, down
     }
-    return n + 1;  // the head (hc_head of one token runs on the calling thread)
+    return n + split(c.vocab_size, rows);  // the head (hc_head of one token runs on the caller)
 }
 
 }  // namespace

@@ -195,13 +195,13 @@ inline void attention_block(const model_context& m, const layer_weights& w, laye
 
     // q path: qr = q_norm(wq_a x); q = rope(head_norm(wq_b qr))
     uint16_t *qr = ws.take<uint16_t>(S * m.ql), *q = ws.take<uint16_t>(S * qw), *kv = ws.take<uint16_t>(S * hd);
-    fp8_linear(m, w.wq_a, x, m.D, S, qr, m.ql, ws);
+    // wq_a and wkv read the same x: one quantisation, one parallel region
+    fp8_linear_pair(m, w.wq_a, qr, m.ql, w.wkv, kv, hd, x, m.D, S, ws);
     rmsnorm(qr, S, m.ql, m.ql, w.q_norm, eps, qr, m.ql);
     fp8_linear(m, w.wq_b, qr, m.ql, S, q, qw, ws);
     q_head_norm(q, S, H, hd, qw, eps, q, qw);
     rope_apply(q, S, H, hd, qw, pos, rope, false);
-    // kv path: rope(kv_norm(wkv x)), FP8 simulation of the nope dims in blocks of 64
-    fp8_linear(m, w.wkv, x, m.D, S, kv, hd, ws);
+    // kv path: rope(kv_norm(wkv x)) (wkv x above), FP8 simulation of the nope dims in blocks of 64
     rmsnorm(kv, S, hd, hd, w.kv_norm, eps, kv, hd);
     rope_apply(kv, S, 1, hd, hd, pos, rope, false);
     act_quant_fp8_sim(kv, S, nope, hd, 64, m.opt.kv_fp8);

@@ -155,5 +155,48 @@ inline void fp8_linear(const model_context& c, const fp8_matrix& w, const uint16
     ws.release(mk);
 }
 
+/// fp8_linear of two weights over the same x (a layer's wq_a and wkv): x quantised once per
+/// chunk and the rows of both in one parallel region. Same bits as two fp8_linear calls (the
+/// same activations; every output row computed alone); buffers as one fp8_linear.
+inline void fp8_linear_pair(const model_context& c, const fp8_matrix& wa, uint16_t* ya, std::size_t ya_stride,
+                            const fp8_matrix& wb, uint16_t* yb, std::size_t yb_stride, const uint16_t* x,
+                            std::size_t x_stride, std::size_t m, forward_workspace& ws) {
+    detail::require(wa.k == wb.k, "fp8_linear_pair", "the two weights take inputs of different widths");
+    constexpr std::size_t C = 32;
+    const std::size_t K = wa.k, mc = std::min(m, C), mk = ws.mark(), na = wa.n;
+    const bool bf = c.fp8_bf16();
+    uint8_t* codes = ws.take<uint8_t>(mc * K);
+    uint8_t* scales = ws.take<uint8_t>(mc * (K / 128));
+    float* xf = ws.take<float>(mc * K);
+    uint16_t* xb = bf ? ws.take<uint16_t>(mc * K) : nullptr;
+    int32_t* sh = bf ? ws.take<int32_t>(mc * (K / 128)) : nullptr;
+    for (std::size_t a = 0; a < m; a += C) {
+        const std::size_t n = std::min(C, m - a);
+        act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes, K, scales, K / 128);
+        fp8_acts_to_f32(codes, K, scales, K / 128, n, K, xf, K);
+        const gemv_out oa{nullptr, ya + a * ya_stride, ya_stride}, ob{nullptr, yb + a * yb_stride, yb_stride};
+        // rows [0, na) of the joint range are wa's, [na, na + wb.n) wb's
+        auto project = [&](auto&& gemv, const auto& xr) {
+            gemv(wa, xr, oa, 0, 0);  // validates once
+            gemv(wb, xr, ob, 0, 0);
+            par::for_rows(na + wb.n, par::gemv_grain, [&](std::size_t r0, std::size_t r1) {
+                if (r0 < na) gemv(wa, xr, oa, r0, std::min(r1, na));
+                if (r1 > na) gemv(wb, xr, ob, std::max(r0, na) - na, r1 - na);
+            });
+        };
+        if (c.fp8_bf16(n)) {
+            to_bf16_blocks(xf, K, n, K, xb, K, sh, K / 128);
+            project([](const fp8_matrix& w, const bf16_block_rows& xr, const gemv_out& o, std::size_t r0,
+                       std::size_t r1) { dsv4::fp8_gemv_bf16(w, xr, o, r0, r1); },
+                    bf16_block_rows{xb, K, sh, K / 128, n});
+        } else {
+            project([](const fp8_matrix& w, const f32_rows& xr, const gemv_out& o, std::size_t r0, std::size_t r1) {
+                dsv4::fp8_gemv(w, xr, o, r0, r1);
+            }, f32_rows{xf, K, n});
+        }
+    }
+    ws.release(mk);
+}
+
 }  // namespace DSV4_ISA_NS
 }  // namespace dsv4
