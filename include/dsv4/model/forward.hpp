@@ -34,7 +34,8 @@
 // (spec §10.3 item 12), so prefill_chunked(N) equals prefill(c) + decode of the rest.
 //
 // Threads: every stage runs on oneTBB (par:: entry points) in the current task arena; the
-// results do not depend on the thread count. Errors: dsv4::error naming the file, tensor or
+// results do not depend on the thread count. sequence_state::profile (regions.hpp) counts a
+// call's parallel regions and the time inside and outside them (dsv4-generate --profile). Errors: dsv4::error naming the file, tensor or
 // argument. The forward allocates its working buffers per call (never inside a kernel).
 //
 // Non-finite values (forward_options::check_finite, on by default): the residual streams
