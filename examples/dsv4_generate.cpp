@@ -11,9 +11,10 @@
 //   dsv4-generate --model DIR --verify
 //
 // --ram-budget (e.g. 12G): a checkpoint larger than RAM (docs/streaming.md): everything but the
-// routed experts is copied into memory at load, the routed experts stream from disk into a
-// cache of that many bytes (--cache policy, --io-threads concurrent reads, O_DIRECT unless
-// --no-direct); the summary adds the cache's hit rate and bytes read per decoded token.
+// routed experts and the embedding table (read a row per token) is copied into memory at load,
+// the routed experts stream from disk into a cache of that many bytes (--cache policy,
+// --io-threads concurrent reads, O_DIRECT unless --no-direct); the summary adds the cache's hit
+// rate and bytes read per decoded token.
 // --warmup N leaves the first N decoded tokens out of the decode tokens/s and the cache's
 // decode counters (a steady-state measurement). --trace FILE writes the routing trace (one
 // line of expert ids per layer and chunk; needs --ram-budget) for dsv4-stream-bench replay.

@@ -37,6 +37,7 @@ struct forward_options {
     bool direct_io = true;        ///< O_DIRECT reads where the file system allows
     bool lock_resident = false;   ///< mlock the resident part
     std::string expert_trace;     ///< if set: write the routing trace (one line per layer chunk) here
+    io_read_fn io_read;           ///< test hook: replaces pread for the streamed reads (io/expert_store.hpp)
 
     static forward_options for_revision(model_revision r) {
         forward_options o;
