@@ -174,6 +174,21 @@ TEST_CASE("streaming: a budget of topk expert slots gives the mapped model's log
         CHECK(st.misses > 0);
         CHECK(st.bytes_read >= st.misses * 6);
     }
+    {  // next-layer prefetch (guesses pinned beside the layer's experts): the same bits
+        dsv4::forward_options o;
+        o.ram_budget = slot * (3 * topk + 1);
+        o.prefetch_next = true;
+        const dsv4::model m = dsv4::model::open(toy_dir(), o);
+        REQUIRE(m.streamer()->prefetch);
+        std::vector<int64_t> t1;
+        CHECK(same_bits(run(m, steps, &t1), ref));
+        CHECK(t1 == t0);
+        const auto st = m.streamer()->store->stats();
+        MESSAGE("prefetch: " << st.prefetched << " experts read, " << st.prefetch_used << " used; " << st.hits << " hits, "
+                             << st.misses << " misses");
+        CHECK(st.prefetched > 0);
+        CHECK(st.prefetch_used <= st.prefetched);
+    }
     // a 130-token prefill: chunks of slots/topk tokens, still the same bits
     dsv4::forward_options o;
     o.ram_budget = slot * (2 * topk + 1);

@@ -75,14 +75,15 @@ public:
 
     /// Pins `key` in a slot: a hit, or a miss given the policy's victim among the unpinned
     /// slots (empty ones first). nullopt when every slot is pinned. Throws if key >= key_space.
-    std::optional<result> acquire(uint64_t key) {
+    /// count = false (a prefetch): not a use (no hit, miss or LFU count), recency still set.
+    std::optional<result> acquire(uint64_t key, bool count = true) {
         if (key >= slot_of_.size())
             throw error("dsv4::expert_cache_index: key " + std::to_string(key) + " is outside the key space (" +
                         std::to_string(slot_of_.size()) + ")");
         ++now_;
-        if (p_ == cache_policy::lfu) ++freq_[key];
+        if (p_ == cache_policy::lfu && count) ++freq_[key];
         if (const uint32_t s = slot_of_[key]; s != no_slot) {
-            ++hits_;
+            hits_ += count;
             tick_[s] = now_;
             ++pins_[s];
             return result{true, s};
@@ -94,7 +95,7 @@ public:
             if (best == key_.size() || less(s, best)) best = s;
         }
         if (best == key_.size()) return std::nullopt;
-        ++misses_;
+        misses_ += count;
         if (key_[best] != none) slot_of_[key_[best]] = no_slot;
         key_[best] = key;
         slot_of_[key] = uint32_t(best);
@@ -267,6 +268,8 @@ struct expert_store_stats {
     uint64_t bytes_read = 0;   ///< bytes the reads returned (aligned spans)
     uint64_t reads = 0;        ///< pieces read
     double wait_seconds = 0;   ///< time callers spent blocked in wait()
+    uint64_t prefetched = 0;       ///< groups loaded by prefetch()
+    uint64_t prefetch_used = 0;    ///< of those, acquired before being evicted
 };
 
 /// Groups of tensors streamed into cache slots (see the top of this file). Thread-safe.
@@ -393,30 +396,44 @@ public:
             out[i] = ticket{groups[i], r->slot, hit};
             if (hit) {
                 ++stats_.hits;
+                if (s.prefetched) ++stats_.prefetch_used;
+                s.prefetched = false;
                 continue;
             }
             ++stats_.misses;
-            s.group = groups[i];
-            s.ready = false;
-            s.failed.clear();
-            const group& G = groups_[groups[i]];
-            unsigned pieces = 0;
-            for (const run& rr : G.runs)
-                for (uint64_t p = 0; p < rr.len; p += opt_.piece_bytes) {
-                    const uint64_t len = std::min(opt_.piece_bytes, rr.len - p);
-                    const uint64_t need = rr.need > p ? std::min(len, rr.need - p) : 0;
-                    push(job{r->slot, &rr, p, len, need});
-                    ++pieces;
-                }
-            s.pending = pieces;
-            index_->pin(r->slot);  // held by the reads until the last piece lands
-            if (pieces == 0) {
-                s.ready = true;
-                index_->release(r->slot);
-            }
+            start_load_locked(r->slot, groups[i]);
         }
         lk.unlock();
         cv_job_.notify_all();
+    }
+
+    /// Pins groups[0..n) like acquire and starts the reads of those not cached, without
+    /// counting a use (no hit or miss, no LFU count, no trace line): a guess of what a later
+    /// acquire will ask for. Release the tickets with release() (after that acquire, so
+    /// that its misses cannot evict them first). Returns false (nothing pinned) if fewer than
+    /// n slots are free of pins.
+    bool prefetch(const uint32_t* groups, std::size_t n, ticket* out) {
+        std::unique_lock<std::mutex> lk(mu_);
+        std::size_t done = 0;
+        for (; done < n; ++done) {
+            if (groups[done] >= groups_.size()) break;
+            const auto r = index_->acquire(groups[done], false);
+            if (!r) break;  // never wait: a guess is not worth blocking for
+            slot_state& s = state_[r->slot];
+            const bool hit = r->hit && (s.ready || s.pending > 0);
+            out[done] = ticket{groups[done], r->slot, hit};
+            if (hit) continue;
+            ++stats_.prefetched;
+            start_load_locked(r->slot, groups[done]);
+            s.prefetched = true;
+        }
+        if (done < n) {  // out of unpinned slots: give back what was taken
+            for (std::size_t i = 0; i < done; ++i) index_->release(out[i].slot);
+            return false;
+        }
+        lk.unlock();
+        cv_job_.notify_all();
+        return true;
     }
 
     /// Blocks until the ticket's group is in its slot; returns the slot's memory. Throws
@@ -484,6 +501,7 @@ private:
         uint32_t group = 0;
         unsigned pending = 0;
         bool ready = false;
+        bool prefetched = false;  ///< loaded by prefetch(), not acquired since
         std::string failed;
     };
     struct job {
@@ -499,6 +517,29 @@ private:
         if (f.buffered < 0) throw error(path + ": cannot open for reading: " + detail::errno_text(errno));
         if (opt_.direct) f.direct = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
         return f;
+    }
+
+    /// Queues the reads of group g into slot (under mu_); the reads pin the slot until done.
+    void start_load_locked(uint32_t slot, uint32_t g) {
+        slot_state& s = state_[slot];
+        s.group = g;
+        s.ready = false;
+        s.prefetched = false;
+        s.failed.clear();
+        unsigned pieces = 0;
+        for (const run& rr : groups_[g].runs)
+            for (uint64_t p = 0; p < rr.len; p += opt_.piece_bytes) {
+                const uint64_t len = std::min(opt_.piece_bytes, rr.len - p);
+                const uint64_t need = rr.need > p ? std::min(len, rr.need - p) : 0;
+                push(job{slot, &rr, p, len, need});
+                ++pieces;
+            }
+        s.pending = pieces;
+        index_->pin(slot);  // held by the reads until the last piece lands
+        if (pieces == 0) {
+            s.ready = true;
+            index_->release(slot);
+        }
     }
 
     // the queue of pieces not yet issued: a ring sized at construction (under mu_)

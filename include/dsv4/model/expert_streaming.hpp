@@ -45,6 +45,16 @@ struct expert_streamer {
     std::vector<uint32_t> ids;              ///< [n_experts] groups of a chunk's active experts
     std::vector<expert_store::ticket> tickets;
     std::vector<std::size_t> units;         ///< moe_up units run together
+    // next-layer prefetch (forward_options::prefetch_next): the next layer's gate on this
+    // layer's input guesses its experts for a one-token call; their reads start now
+    bool prefetch = false;
+    std::vector<unsigned char> pf_mem;      ///< the guess's routing scratch (one token)
+    moe_scratch pf_scratch{};
+    std::vector<int32_t> pf_idx;
+    std::vector<float> pf_weights;
+    std::vector<uint32_t> pf_ids;
+    std::vector<expert_store::ticket> pf_tickets;  ///< pinned until the next acquire
+    std::size_t pf_n = 0;
     // the embedding table, read a row per token (buffered pread: hot rows stay in the page cache)
     std::string embed_path;
     int embed_fd = -1;
@@ -128,6 +138,22 @@ inline std::unique_ptr<expert_streamer> make_expert_streamer(const model_config&
     s->ids.resize(E);
     s->tickets.resize(E);
     s->units.reserve((E + 1) * (c.moe_intermediate_size / 128));
+    s->prefetch = o.prefetch_next && s->store->slots() >= 3 * s->topk;  // room for two layers' pins + margin
+    if (s->prefetch) {
+        moe_config mc;
+        mc.dim = c.hidden_size;
+        mc.inter = c.moe_intermediate_size;
+        mc.n_experts = E;
+        mc.topk = s->topk;
+        mc.route_scale = float(c.routed_scaling_factor);
+        const std::size_t bytes = bytes_needed(mc, 1);
+        s->pf_mem.resize(bytes);
+        s->pf_scratch = moe_scratch{s->pf_mem.data(), bytes, 1};
+        s->pf_idx.resize(s->topk);
+        s->pf_weights.resize(s->topk);
+        s->pf_ids.resize(s->topk);
+        s->pf_tickets.resize(s->topk);
+    }
     s->off.resize(L * E);
     for (std::size_t g = 0; g < L * E; ++g) {
         auto at = [&](std::size_t k) { return s->store->offset_of(uint32_t(g), groups[g][k]); };
@@ -148,10 +174,12 @@ inline std::unique_ptr<expert_streamer> make_expert_streamer(const model_config&
 }
 
 /// y [S, D] = MoE of x [S, D] for `layer`, routed experts from the streamer's cache (see the
-/// top of this file). Same arguments as par::moe_forward.
+/// top of this file). Same arguments as par::moe_forward, plus the next layer's weights (null
+/// for the last) for the prefetch.
 inline void streamed_moe_forward(expert_streamer& st, std::size_t layer, const moe_config& c, const moe_weights& w,
                                  const uint16_t* x, std::size_t x_stride, const int64_t* token_ids, std::size_t tokens,
-                                 uint16_t* y, std::size_t y_stride, const moe_scratch& s) {
+                                 uint16_t* y, std::size_t y_stride, const moe_scratch& s,
+                                 const moe_weights* next = nullptr) {
     const par::tbb_executor ex;
     const std::size_t E = c.n_experts, nch = c.inter / 128;
     const std::size_t chunk = std::min(s.max_tokens, std::max<std::size_t>(1, st.store->slots() / c.topk));
@@ -179,6 +207,15 @@ inline void streamed_moe_forward(expert_streamer& st, std::size_t layer, const m
             std::size_t n;
             ~releaser() { s.release(t, n); }
         } rel{*st.store, tk.data(), na};
+        // the previous guess has served (its hits are pinned by this acquire now); guess the next layer
+        st.store->release(st.pf_tickets.data(), st.pf_n);
+        st.pf_n = 0;
+        if (st.prefetch && next && tokens == 1) {
+            moe_route_tokens(c, next->gate, x, x_stride, token_ids, 1,
+                             moe_routing_out{st.pf_idx.data(), st.pf_weights.data(), nullptr}, st.pf_scratch);
+            for (std::size_t k = 0; k < c.topk; ++k) st.pf_ids[k] = st.group(layer + 1, std::size_t(st.pf_idx[k]));
+            if (st.store->prefetch(st.pf_ids.data(), c.topk, st.pf_tickets.data())) st.pf_n = c.topk;
+        }
         auto bind = [&](std::size_t a, const unsigned char* base) {
             const expert_streamer::offsets& o = st.off[ids[a]];
             moe_expert_weights& v = views[r.active[a]];

@@ -63,7 +63,8 @@ inline void moe_sub_block(const model_context& m, const layer_weights& w, uint16
     const std::less<const layer_weights*> before;
     const layer_weights* first = m.w.layers.data();
     if (m.stream && !before(&w, first) && before(&w, first + m.w.layers.size()))
-        streamed_moe_forward(*m.stream, std::size_t(&w - first), m.moe, w.moe, b.y, D, ids, S, b.a, D, b.moe);
+        streamed_moe_forward(*m.stream, std::size_t(&w - first), m.moe, w.moe, b.y, D, ids, S, b.a, D, b.moe,
+                             &w + 1 < first + m.w.layers.size() ? &(&w + 1)->moe : nullptr);
     else
         par::moe_forward(m.moe, w.moe, b.y, D, ids, S, b.a, D, b.moe);
     par::hc_post(m.hc, b.a, Hs, b.post, b.comb, S, Hs);
