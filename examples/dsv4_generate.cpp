@@ -11,9 +11,10 @@
 //   dsv4-generate --model DIR --verify
 //
 // --ram-budget (e.g. 12G): a checkpoint larger than RAM (docs/streaming.md): everything but the
-// routed experts is copied into memory at load, the routed experts stream from disk into a
-// cache of that many bytes (--cache policy, --io-threads concurrent reads, O_DIRECT unless
-// --no-direct); the summary adds the cache's hit rate and bytes read per decoded token.
+// routed experts and the embedding table (read a row per token) is copied into memory at load,
+// the routed experts stream from disk into a cache of that many bytes (--cache policy,
+// --io-threads concurrent reads, O_DIRECT unless --no-direct); the summary adds the cache's hit
+// rate and bytes read per decoded token.
 // --warmup N leaves the first N decoded tokens out of the decode tokens/s and the cache's
 // decode counters (a steady-state measurement). --trace FILE writes the routing trace (one
 // line of expert ids per layer and chunk; needs --ram-budget) for dsv4-stream-bench replay.
@@ -79,7 +80,7 @@ void usage(FILE* f) {
                  "                     [--max-context N] [--numerics reference|fast] [--chunk N=0]\n"
                  "                     [--ignore-eos] [--mtp | --draft K] [--verify]\n"
                  "                     [--ram-budget BYTES[K|M|G] [--cache lfu|lru] [--io-threads N=8] [--no-direct]\n"
-                 "                      [--lock-resident] [--trace FILE]] [--warmup N=0] [--profile]\n"
+                 "                      [--lock-resident] [--prefetch] [--trace FILE]] [--warmup N=0] [--profile]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
                  "the routed experts on int8 activations. --chunk N prefills the prompt in pieces of N tokens\n"
@@ -181,7 +182,8 @@ int run(int argc, char** argv) {
     uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, draft = 0, ram_budget = 0, io_threads = 8,
              warmup = 0;
     double temperature = 0.0, top_p = 1.0;
-    bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false, profile = false;
+    bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false, prefetch = false,
+         profile = false;
     generate_text::options text;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -197,8 +199,8 @@ int run(int argc, char** argv) {
             draft = draft ? draft : 1;
             continue;
         }
-        if (a == "--no-direct" || a == "--lock-resident") {
-            (a == "--no-direct" ? no_direct : lock_resident) = true;
+        if (a == "--no-direct" || a == "--lock-resident" || a == "--prefetch") {
+            (a == "--no-direct" ? no_direct : a == "--prefetch" ? prefetch : lock_resident) = true;
             continue;
         }
         if (a == "--chat" || a == "--think" || a == "--raw") {
@@ -286,6 +288,7 @@ int run(int argc, char** argv) {
     opt.io_threads = unsigned(io_threads);
     opt.direct_io = !no_direct;
     opt.lock_resident = lock_resident;
+    opt.prefetch_next = prefetch;
     opt.expert_trace = trace;
     const dsv4::model m = dsv4::model::open(model_dir, opt);
     const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
@@ -423,6 +426,11 @@ int run(int argc, char** argv) {
                     decoded ? double(h) * slot / mib / double(decoded) : 0.0,
                     decoded ? double(mi) * slot / mib / double(decoded) : 0.0, double(st.bytes_read) / mib,
                     st.wait_seconds - st0.wait_seconds);
+        if (xs->prefetch)
+            std::printf("experts: decode prefetch %llu experts read, %llu of them used (%.1f MiB read per token in all)\n",
+                        (unsigned long long)(st.prefetched - st0.prefetched),
+                        (unsigned long long)(st.prefetch_used - st0.prefetch_used),
+                        decoded ? double(st.bytes_read - st0.bytes_read) / mib / double(decoded) : 0.0);
     }
     return 0;
 }

@@ -1,10 +1,11 @@
 // dsv4-stream-bench: the numbers behind docs/streaming.md (routed experts streamed from disk).
 //
-//   dsv4-stream-bench disk DIR|FILE [--bytes N=2G] [--block B=13.4M]
+//   dsv4-stream-bench disk DIR|FILE [--bytes N=2G] [--block B=13.4M] [--repeat R=1]
 //       the disk's own read bandwidth over the files given (all *.safetensors of DIR): one
 //       sequential stream of 4 MiB reads, then random reads of B bytes (4 KiB aligned) at
 //       queue depths 1, 2, 4, 8, 16 (that many threads issuing pread), O_DIRECT and buffered
-//       (the page cache dropped behind every read). Drop the page cache before running.
+//       (the page cache dropped behind every read), R passes each (median and range printed).
+//       Drop the page cache before running.
 //   dsv4-stream-bench memory [--bytes N=1G] [--threads T=all]
 //       DRAM read bandwidth (a buffer of N bytes summed by T threads, best of 5 passes)
 //   dsv4-stream-bench replay TRACE --budget B[,B...] [--policy lru,lfu,belady] [--skip N]
@@ -121,9 +122,11 @@ double read_sequential(const disk_file& f, bool direct, uint64_t total) {
 int disk(int argc, char** argv) {
     if (argc < 3) throw dsv4::error("disk: give a directory or file");
     uint64_t total = uint64_t(2) << 30, block = uint64_t(13.4e6);
+    unsigned repeat = 1;
     for (int i = 3; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
         if (a == "--bytes") total = bytes_arg(argv[i + 1]);
+        else if (a == "--repeat") repeat = std::max(1u, unsigned(std::stoul(argv[i + 1])));
         else if (a == "--block") block = bytes_arg(argv[i + 1]);
         else throw dsv4::error("disk: unknown option " + a);
     }
@@ -164,8 +167,17 @@ int disk(int argc, char** argv) {
                     read_sequential(big, direct, total) * 1e-9);
         std::fflush(stdout);
         for (unsigned qd : {1u, 2u, 4u, 8u, 16u}) {
-            std::printf("%-9s random %.1f MB reads, queue depth %2u: %.2f GB/s\n", direct ? "O_DIRECT" : "buffered",
-                        double(block) * 1e-6, qd, read_random(files, direct, qd, block, total) * 1e-9);
+            // `repeat` passes: median (min-max) in GB/s
+            std::vector<double> th;
+            for (unsigned r = 0; r < repeat; ++r) th.push_back(read_random(files, direct, qd, block, total) * 1e-9);
+            auto show = [](std::vector<double> v) {
+                std::sort(v.begin(), v.end());
+                char b[64];
+                std::snprintf(b, sizeof b, "%.2f GB/s (%.2f-%.2f)", v[v.size() / 2], v.front(), v.back());
+                return std::string(b);
+            };
+            std::printf("%-9s random %.1f MB reads, queue depth %2u: %s\n", direct ? "O_DIRECT" : "buffered",
+                        double(block) * 1e-6, qd, show(th).c_str());
             std::fflush(stdout);
         }
     }
@@ -247,7 +259,10 @@ struct replay_result {
 };
 
 replay_result replay_index(const trace& t, std::size_t slots, dsv4::cache_policy p, std::size_t skip) {
-    dsv4::expert_cache_index idx(slots, p);
+    uint64_t keys = 0;  // the key space: the largest key + 1
+    for (const auto& l : t.lines)
+        for (uint64_t k : l) keys = std::max(keys, k + 1);
+    dsv4::expert_cache_index idx(slots, p, keys);
     replay_result r;
     std::vector<uint32_t> pinned;
     for (std::size_t i = 0; i < t.lines.size(); ++i) {
@@ -355,7 +370,7 @@ int main(int argc, char** argv) {
         if (cmd == "memory") return memory(argc, argv);
         if (cmd == "replay") return replay(argc, argv);
         std::fprintf(stderr,
-                     "usage: dsv4-stream-bench disk DIR|FILE [--bytes N] [--block B]\n"
+                     "usage: dsv4-stream-bench disk DIR|FILE [--bytes N] [--block B] [--repeat R]\n"
                      "       dsv4-stream-bench memory [--bytes N] [--threads T]\n"
                      "       dsv4-stream-bench replay TRACE --budget B[,B...] [--policy lru,lfu,belady] [--skip N]"
                      " [--slot-bytes B]\n");

@@ -370,6 +370,40 @@ TEST_CASE("forward: prefill, extend and decode allocate nothing once the sequenc
     CHECK(u.ws.allocations() == grown);
 }
 
+TEST_CASE("forward: a streamed decode (experts read from disk) allocates nothing per call" *
+          doctest::skip(!DSV4_TEST_COUNTS_NEW)) {
+    // every routed expert read from disk into a cache of topk + 1 slots (docs/streaming.md):
+    // the read queue, the cache index and the embedding rows allocate nothing per read
+    uint64_t slot = 0;
+    {
+        dsv4::forward_options o;
+        o.ram_budget = dsv4::routed_expert_bytes(toy().weights()) / 2;
+        slot = dsv4::model::open(toy_dir(), o).streamer()->store->slot_bytes();
+    }
+    {
+        dsv4::forward_options o;
+        o.ram_budget = slot * (toy().config().num_experts_per_tok + 1);
+        const dsv4::model m = dsv4::model::open(toy_dir(), o);
+        REQUIRE(m.streamer() != nullptr);
+        const std::size_t V = m.vocab();
+        std::vector<float> lg(V);
+        std::vector<int64_t> ids(40);
+        for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = int64_t((i * 37 + 11) % V);
+        auto s = m.new_sequence();
+        m.prefill(s, ids.data(), 8, lg.data());  // the first call may set up the thread pools
+        const auto st0 = m.streamer()->store->stats();
+        const uint64_t before = g_operator_new.load();
+        m.prefill(s, ids.data(), 16, lg.data());
+        for (std::size_t p = 16; p < ids.size(); ++p) m.decode(s, ids[p], lg.data());
+        const uint64_t news = g_operator_new.load() - before;
+        const auto st = m.streamer()->store->stats();
+        CHECK_MESSAGE(news == 0, news << " operator new calls during a streamed forward");
+        CHECK(st.misses - st0.misses > 24);  // reads did happen
+        const uint64_t misses = st.misses - st0.misses, pieces = st.reads - st0.reads;
+        MESSAGE(misses << " expert reads (" << pieces << " pieces), " << news << " allocations");
+    }
+}
+
 TEST_CASE("forward: sequences do not share or leak state") {
     const auto& m = toy();
     const std::size_t V = m.vocab();

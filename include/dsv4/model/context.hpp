@@ -14,6 +14,7 @@
 #include "workspace.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -50,6 +51,14 @@ struct model_context {
     /// fp8_gemv_bf16. m = 1 asks whether any call may take it (buffers).
     bool fp8_bf16(std::size_t m = 1) const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(m); }
 };
+
+/// Rows ids[0..n) of the embedding table into dst + t * stride (bf16): from the mapping, or
+/// read from the file when streaming (the table is not resident then: expert_streaming.hpp).
+inline void embed_rows(const model_context& m, const int64_t* ids, std::size_t n, uint16_t* dst, std::size_t stride) {
+    if (m.stream) return m.stream->read_embedding(ids, n, dst, stride);
+    for (std::size_t t = 0; t < n; ++t)
+        std::memcpy(dst + t * stride, m.w.embed + std::size_t(ids[t]) * m.D, m.D * sizeof(uint16_t));
+}
 
 /// Checks that the forward can compute `c` (beyond what the loader already validated) and
 /// sets up the context: dims, RoPE tables, hc and MoE configs.

@@ -10,6 +10,9 @@
 // depend on the chunking or the order of the work items). Chunks have at most slots / topk
 // tokens so that a chunk's experts fit the slots. Streamed MoE blocks of concurrent
 // sequences take turns (one call at a time per model); its buffers are allocated at open.
+// The embedding table is not made resident either: read_embedding preads the rows of a call's
+// tokens (forward.hpp and mtp.hpp through embed_rows of context.hpp), through the same read
+// function as the experts (forward_options::io_read), with the same errors.
 #pragma once
 
 #include "../io/expert_store.hpp"
@@ -17,6 +20,7 @@
 #include "options.hpp"
 #include "weights.hpp"
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -41,13 +45,62 @@ struct expert_streamer {
     std::vector<uint32_t> ids;              ///< [n_experts] groups of a chunk's active experts
     std::vector<expert_store::ticket> tickets;
     std::vector<std::size_t> units;         ///< moe_up units run together
+    // next-layer prefetch (forward_options::prefetch_next): the next layer's gate on this
+    // layer's input guesses its experts for a one-token call; their reads start now
+    bool prefetch = false;
+    std::vector<unsigned char> pf_mem;      ///< the guess's routing scratch (one token)
+    moe_scratch pf_scratch{};
+    std::vector<int32_t> pf_idx;
+    std::vector<float> pf_weights;
+    std::vector<uint32_t> pf_ids;
+    std::vector<expert_store::ticket> pf_tickets;  ///< pinned until the next acquire
+    std::size_t pf_n = 0;
+    // the embedding table, read a row per token (buffered pread: hot rows stay in the page cache)
+    std::string embed_path;
+    int embed_fd = -1;
+    uint64_t embed_offset = 0, embed_row_bytes = 0, embed_rows = 0;
+    io_read_fn read;  ///< forward_options::io_read (empty: pread)
+    mutable std::atomic<uint64_t> embed_reads{0};  ///< rows read so far
+
+    expert_streamer() = default;
+    expert_streamer(const expert_streamer&) = delete;
+    expert_streamer& operator=(const expert_streamer&) = delete;
+    ~expert_streamer() {
+        if (embed_fd >= 0) ::close(embed_fd);
+    }
 
     uint32_t group(std::size_t layer, std::size_t e) const { return uint32_t(layer * n_experts + e); }
+
+    /// Row ids[t] of the embedding table into dst + t * stride (bf16), for t < n. Throws
+    /// dsv4::error naming the file and the tensor on a read error or a short read.
+    void read_embedding(const int64_t* ids, std::size_t n, uint16_t* dst, std::size_t stride) const {
+        for (std::size_t t = 0; t < n; ++t) {
+            if (ids[t] < 0 || uint64_t(ids[t]) >= embed_rows)
+                throw error("dsv4::expert_streamer: token id " + std::to_string(ids[t]) + " outside the embedding's " +
+                            std::to_string(embed_rows) + " rows");
+            const uint64_t off = embed_offset + uint64_t(ids[t]) * embed_row_bytes;
+            int err = 0;
+            const uint64_t got = detail::pread_full(embed_fd, reinterpret_cast<unsigned char*>(dst + t * stride),
+                                                    embed_row_bytes, off, err, read ? &read : nullptr);
+            if (got < embed_row_bytes)
+                throw error("dsv4::expert_store: " + embed_path + ": tensor embed.weight: row " + std::to_string(ids[t]) +
+                            ": " +
+                            (err ? "read error: " + detail::errno_text(err)
+                                 : "short read (" + std::to_string(got) + " of " + std::to_string(embed_row_bytes) +
+                                       " bytes at offset " + std::to_string(off) + "): the file is truncated"));
+        }
+        embed_reads.fetch_add(n, std::memory_order_relaxed);
+    }
 };
 
 /// Whether a tensor is a routed expert's (streamed) and whether the forward reads it at all.
 inline bool is_routed_expert_tensor(std::string_view name) { return name.find(".ffn.experts.") != std::string_view::npos; }
 inline bool is_main_model_tensor(std::string_view name) { return name.substr(0, 4) != "mtp."; }
+/// The tensors made resident when streaming: the main model's, less the routed experts and the
+/// embedding table (read by row).
+inline bool is_resident_when_streaming(std::string_view name) {
+    return is_main_model_tensor(name) && !is_routed_expert_tensor(name) && name != "embed.weight";
+}
 
 /// Bytes of every routed expert's tensors in the checkpoint.
 inline uint64_t routed_expert_bytes(const checkpoint& ck) {
@@ -75,6 +128,7 @@ inline std::unique_ptr<expert_streamer> make_expert_streamer(const model_config&
     so.budget_bytes = o.ram_budget;
     so.policy = o.cache;
     so.io_threads = o.io_threads;
+    so.read = o.io_read;
     so.direct = o.direct_io;
     so.trace_path = o.expert_trace;
     so.trace_header = "layers " + std::to_string(L) + " experts " + std::to_string(E) + " topk " +
@@ -84,21 +138,48 @@ inline std::unique_ptr<expert_streamer> make_expert_streamer(const model_config&
     s->ids.resize(E);
     s->tickets.resize(E);
     s->units.reserve((E + 1) * (c.moe_intermediate_size / 128));
+    s->prefetch = o.prefetch_next && s->store->slots() >= 3 * s->topk;  // room for two layers' pins + margin
+    if (s->prefetch) {
+        moe_config mc;
+        mc.dim = c.hidden_size;
+        mc.inter = c.moe_intermediate_size;
+        mc.n_experts = E;
+        mc.topk = s->topk;
+        mc.route_scale = float(c.routed_scaling_factor);
+        const std::size_t bytes = bytes_needed(mc, 1);
+        s->pf_mem.resize(bytes);
+        s->pf_scratch = moe_scratch{s->pf_mem.data(), bytes, 1};
+        s->pf_idx.resize(s->topk);
+        s->pf_weights.resize(s->topk);
+        s->pf_ids.resize(s->topk);
+        s->pf_tickets.resize(s->topk);
+    }
     s->off.resize(L * E);
     for (std::size_t g = 0; g < L * E; ++g) {
         auto at = [&](std::size_t k) { return s->store->offset_of(uint32_t(g), groups[g][k]); };
         s->off[g] = expert_streamer::offsets{at(0), at(1), at(2), at(3), at(4), at(5)};
     }
-    s->resident = make_resident(
-        ck, [](std::string_view n) { return is_main_model_tensor(n) && !is_routed_expert_tensor(n); }, o.lock_resident);
+    const tensor_view& emb = ck.at("embed.weight");
+    if (emb.shape.rank != 2 || emb.bytes != emb.shape.dims[0] * emb.shape.dims[1] * 2)
+        throw error("dsv4::expert_streamer: " + std::string(emb.file) + ": tensor embed.weight is not a bf16 matrix");
+    s->embed_path = std::string(emb.file);
+    s->embed_offset = emb.file_offset;
+    s->embed_rows = emb.shape.dims[0];
+    s->embed_row_bytes = emb.shape.dims[1] * 2;
+    s->read = o.io_read;
+    s->embed_fd = ::open(s->embed_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (s->embed_fd < 0) throw error(s->embed_path + ": cannot open for reading: " + detail::errno_text(errno));
+    s->resident = make_resident(ck, is_resident_when_streaming, o.lock_resident);
     return s;
 }
 
 /// y [S, D] = MoE of x [S, D] for `layer`, routed experts from the streamer's cache (see the
-/// top of this file). Same arguments as par::moe_forward.
+/// top of this file). Same arguments as par::moe_forward, plus the next layer's weights (null
+/// for the last) for the prefetch.
 inline void streamed_moe_forward(expert_streamer& st, std::size_t layer, const moe_config& c, const moe_weights& w,
                                  const uint16_t* x, std::size_t x_stride, const int64_t* token_ids, std::size_t tokens,
-                                 uint16_t* y, std::size_t y_stride, const moe_scratch& s) {
+                                 uint16_t* y, std::size_t y_stride, const moe_scratch& s,
+                                 const moe_weights* next = nullptr) {
     const par::tbb_executor ex;
     const std::size_t E = c.n_experts, nch = c.inter / 128;
     const std::size_t chunk = std::min(s.max_tokens, std::max<std::size_t>(1, st.store->slots() / c.topk));
@@ -126,6 +207,15 @@ inline void streamed_moe_forward(expert_streamer& st, std::size_t layer, const m
             std::size_t n;
             ~releaser() { s.release(t, n); }
         } rel{*st.store, tk.data(), na};
+        // the previous guess has served (its hits are pinned by this acquire now); guess the next layer
+        st.store->release(st.pf_tickets.data(), st.pf_n);
+        st.pf_n = 0;
+        if (st.prefetch && next && tokens == 1) {
+            moe_route_tokens(c, next->gate, x, x_stride, token_ids, 1,
+                             moe_routing_out{st.pf_idx.data(), st.pf_weights.data(), nullptr}, st.pf_scratch);
+            for (std::size_t k = 0; k < c.topk; ++k) st.pf_ids[k] = st.group(layer + 1, std::size_t(st.pf_idx[k]));
+            if (st.store->prefetch(st.pf_ids.data(), c.topk, st.pf_tickets.data())) st.pf_n = c.topk;
+        }
         auto bind = [&](std::size_t a, const unsigned char* base) {
             const expert_streamer::offsets& o = st.off[ids[a]];
             moe_expert_weights& v = views[r.active[a]];

@@ -259,9 +259,9 @@ private:
         forward_workspace& ws = s.ws;
         const std::size_t D = m.D, W = hc_mult * D, L = m.w.layers.size();
         uint16_t* Hs = ws.take<uint16_t>(S * W);
+        embed_rows(m, ids, S, Hs, W);  // stream 0 of each token, copied to the others
         for (std::size_t t = 0; t < S; ++t)
-            for (std::size_t k = 0; k < hc_mult; ++k)
-                std::memcpy(Hs + t * W + k * D, m.w.embed + std::size_t(ids[t]) * D, D * sizeof(uint16_t));
+            for (std::size_t k = 1; k < hc_mult; ++k) std::memcpy(Hs + t * W + k * D, Hs + t * W, D * sizeof(uint16_t));
         const block_buffers b = take_block_buffers(m, ws, S);
         if (diag) {
             diag->layer_out.assign(L * W, 0);

@@ -8,6 +8,8 @@
 #include "../norm.hpp"
 #include "attention_block.hpp"
 
+#include <functional>
+
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 
@@ -56,8 +58,13 @@ inline void moe_sub_block(const model_context& m, const layer_weights& w, uint16
         moe_route_tokens(m.moe, w.moe.gate, b.y + (S - 1) * D, D, ids + (S - 1), 1,
                          moe_routing_out{moe_picks, b.route_weights, nullptr}, b.moe);
     }
-    if (m.stream)  // routed experts streamed from disk (expert_streaming.hpp)
-        streamed_moe_forward(*m.stream, std::size_t(&w - m.w.layers.data()), m.moe, w.moe, b.y, D, ids, S, b.a, D, b.moe);
+    // routed experts streamed from disk (expert_streaming.hpp) for the main layers; the MTP
+    // block's (mtp.hpp, not in m.w.layers) stay mapped
+    const std::less<const layer_weights*> before;
+    const layer_weights* first = m.w.layers.data();
+    if (m.stream && !before(&w, first) && before(&w, first + m.w.layers.size()))
+        streamed_moe_forward(*m.stream, std::size_t(&w - first), m.moe, w.moe, b.y, D, ids, S, b.a, D, b.moe,
+                             &w + 1 < first + m.w.layers.size() ? &(&w + 1)->moe : nullptr);
     else
         par::moe_forward(m.moe, w.moe, b.y, D, ids, S, b.a, D, b.moe);
     par::hc_post(m.hc, b.a, Hs, b.post, b.comb, S, Hs);

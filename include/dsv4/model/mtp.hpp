@@ -119,7 +119,7 @@ private:
         uint16_t* X = ws.take<uint16_t>(S * W);
         uint16_t* e = ws.take<uint16_t>(S * D);
         uint16_t* ep = ws.take<uint16_t>(S * D);
-        for (std::size_t t = 0; t < S; ++t) std::memcpy(e + t * D, m.w.embed + std::size_t(ids[t]) * D, D * sizeof(uint16_t));
+        embed_rows(m, ids, S, e, D);
         rmsnorm(e, S, D, D, w_.enorm, eps, e, D);
         fp8_linear(m, w_.e_proj, e, D, S, ep, D, ws);
         uint16_t* h = ws.take<uint16_t>(S * W);

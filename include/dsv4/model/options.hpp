@@ -36,7 +36,9 @@ struct forward_options {
     unsigned io_threads = 8;      ///< concurrent expert reads (queue depth)
     bool direct_io = true;        ///< O_DIRECT reads where the file system allows
     bool lock_resident = false;   ///< mlock the resident part
+    bool prefetch_next = false;   ///< one-token calls: start reading the next layer's guessed experts (measured: docs/streaming.md)
     std::string expert_trace;     ///< if set: write the routing trace (one line per layer chunk) here
+    io_read_fn io_read;           ///< test hook: replaces pread for the streamed reads (io/expert_store.hpp)
 
     static forward_options for_revision(model_revision r) {
         forward_options o;
