@@ -4,9 +4,9 @@
 //
 // Why: the row kernels (gemv.hpp) decode a weight row once per M tile of 4 activation rows,
 // so at M = 32 the decode runs 8 times and costs as much as the dot products. Here a panel
-// of up to 32 output rows x one 128-k block is decoded once to bf16 pairs, transposed so that
-// one zmm holds the pair (w[n][2p], w[n][2p+1]) of 16 output rows, into a buffer on the
-// stack (8 KiB); a micro-kernel then runs every activation row over it in tiles of 8 rows x
+// of up to 32 output rows x one 128-k block is transposed (e4m3 byte pairs) and decoded once
+// to bf16 pairs, so that one zmm holds the pair (w[n][2p], w[n][2p+1]) of 16 output rows, into
+// a buffer on the stack (8 KiB); a micro-kernel then runs every activation row over it in tiles of 8 rows x
 // 32 columns: per k pair, 2 weight loads and 8 broadcasts feed 16 vdpbf16ps.
 //
 // Numerics (fast FP8 mode, same products as dot_fp8_bf16_row): weights e4m3 * 2^-120 as bf16
@@ -37,46 +37,50 @@ inline constexpr std::size_t tile_m = 8;    // activation rows per micro-tile (1
 inline constexpr std::size_t chunk_m = 64;  // activation rows per f32 accumulator tile (8 KiB)
 
 #if defined(__AVX512BF16__)
-/// 16x16 transpose of 32-bit elements: r[i] lane j -> r[j] lane i (64 shuffles).
-DSV4_INLINE void transpose16(__m512i* r) noexcept {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+/// 16x16 transpose of 16-bit elements in ymm registers (r[i] element j -> r[j] element i):
+/// 64 in-lane unpacks and lane permutes, half the cost of the same on zmm. Used on the raw
+/// e4m3 byte pairs, before the decode doubles their width.
+DSV4_INLINE void transpose16x16_epi16(__m256i* r) noexcept {
+    __m256i a[16], b[16];
+    for (int i = 0; i < 8; ++i) {  // a[2i + h], lane L: 32-bit (row 2i, 2i+1) of columns 8L + 4h + 0..3
+        a[2 * i] = _mm256_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm256_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
     }
-    for (int i = 0; i < 4; ++i) {  // u[4i + j], 128-bit lane L: column 4L + j of rows 4i..4i+3
-        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    for (int j = 0; j < 4; ++j) {
-        const __m512i v0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xEE);
-        const __m512i w0 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44),
-                      w1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xEE);
-        r[j] = _mm512_shuffle_i32x4(v0, w0, 0x88);
-        r[4 + j] = _mm512_shuffle_i32x4(v0, w0, 0xDD);
-        r[8 + j] = _mm512_shuffle_i32x4(v1, w1, 0x88);
-        r[12 + j] = _mm512_shuffle_i32x4(v1, w1, 0xDD);
-    }
+    for (int j = 0; j < 4; ++j)  // b[4j + 2h + g], lane L: 64-bit rows 4j..4j+3 of columns 8L + 4h + 2g + 0..1
+        for (int h = 0; h < 2; ++h) {
+            b[4 * j + 2 * h] = _mm256_unpacklo_epi32(a[4 * j + h], a[4 * j + 2 + h]);
+            b[4 * j + 2 * h + 1] = _mm256_unpackhi_epi32(a[4 * j + h], a[4 * j + 2 + h]);
+        }
+    for (int hg = 0; hg < 4; ++hg)  // column 8L + 2hg + f: rows 0..7 (c) and 8..15 (d) in lane L
+        for (int f = 0; f < 2; ++f) {
+            const __m256i c = f ? _mm256_unpackhi_epi64(b[hg], b[4 + hg]) : _mm256_unpacklo_epi64(b[hg], b[4 + hg]);
+            const __m256i d = f ? _mm256_unpackhi_epi64(b[8 + hg], b[12 + hg]) : _mm256_unpacklo_epi64(b[8 + hg], b[12 + hg]);
+            r[2 * hg + f] = _mm256_permute2x128_si256(c, d, 0x20);
+            r[8 + 2 * hg + f] = _mm256_permute2x128_si256(c, d, 0x31);
+        }
 }
 
 /// Decodes one 128-k block of weight rows [0, nr) (nr <= 32; rows at stride `stride` bytes)
 /// into panel[p * 32 + c] = bf16 pair (w[c][2p], w[c][2p + 1]) * 2^-120, p < 64; columns c >=
-/// nr are zero. The rows' next block (the next call's) is prefetched: 32 row streams are more
-/// than the hardware prefetchers follow.
+/// nr are zero. The byte pairs are transposed first, then decoded as fp8_to_bf16_bits does.
+/// The rows' next block (the next call's) is prefetched: 32 row streams are more than the
+/// hardware prefetchers follow.
 DSV4_INLINE void pack_bf16_panel(const uint8_t* w, std::size_t stride, std::size_t nr, uint32_t* panel) noexcept {
     for (std::size_t c0 = 0; c0 < panel_n; c0 += 16)
         for (std::size_t q = 0; q < 4; ++q) {  // k pairs [16q, 16q + 16): 32 bytes of each row
-            __m512i r[16];
+            __m256i r[16];
             if (q < 2)
                 for (std::size_t i = 0; i < 16 && c0 + i < nr; ++i)
                     _mm_prefetch(reinterpret_cast<const char*>(w + (c0 + i) * stride + 128 + 64 * q), _MM_HINT_T0);
             for (std::size_t i = 0; i < 16; ++i)
-                r[i] = c0 + i < nr ? (__m512i)simd::fp8_to_bf16_bits(arch::avx512_bf16{}, w + (c0 + i) * stride + 32 * q)
-                                   : _mm512_setzero_si512();
-            transpose16(r);
-            for (std::size_t i = 0; i < 16; ++i) _mm512_store_si512(panel + (16 * q + i) * panel_n + c0, r[i]);
+                r[i] = c0 + i < nr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (c0 + i) * stride + 32 * q))
+                                   : _mm256_setzero_si256();
+            transpose16x16_epi16(r);
+            for (std::size_t i = 0; i < 16; ++i) {
+                const __m512i v = _mm512_cvtepi8_epi16(r[i]);
+                _mm512_store_si512(panel + (16 * q + i) * panel_n + c0,
+                                   _mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16(int16_t(0x87F0))));
+            }
         }
 }
 
