@@ -6,8 +6,8 @@
 // so at M = 32 the decode runs 8 times and costs as much as the dot products. Here a panel
 // of up to 32 output rows x one 128-k block is transposed (e4m3 byte pairs) and decoded once
 // to bf16 pairs, so that one zmm holds the pair (w[n][2p], w[n][2p+1]) of 16 output rows, into
-// a buffer on the stack (8 KiB); a micro-kernel then runs every activation row over it in tiles of 8 rows x
-// 32 columns: per k pair, 2 weight loads and 8 broadcasts feed 16 vdpbf16ps.
+// a buffer on the stack (8 KiB); a micro-kernel then runs every activation row over it in
+// tiles of 8 rows x 32 columns: per k pair, 2 weight loads and 8 broadcasts feed 16 vdpbf16ps.
 //
 // Numerics (fast FP8 mode, same products as dot_fp8_bf16_row): weights e4m3 * 2^-120 as bf16
 // (subnormal codes read as zero by vdpbf16ps, as on the row path), activations bf16 per block
