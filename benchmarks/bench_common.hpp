@@ -264,6 +264,49 @@ inline double fma_peak_cpu_flops(dsv4::tier t) {
     return cache[int(t)] = best;
 }
 
+/// The ceiling of one of the table's peak kernels (fma_peak, bf16_dot_peak) on `threads`
+/// threads, measured as fma_peak_flops_now does (chunks of ~2 ms, best of `reps`), cached.
+using peak_kernel = uint64_t (*dsv4::kernel_table::*)(uint64_t, float*) noexcept;
+inline double peak_flops_of(peak_kernel fn, dsv4::tier t, int threads, int reps = 7) {
+    static std::mutex mu;
+    struct entry {
+        peak_kernel fn;
+        int t, threads;
+        double flops;
+    };
+    static std::vector<entry> cache;  // member pointers compare with == only
+    std::lock_guard<std::mutex> lock(mu);
+    for (const entry& e : cache)
+        if (e.fn == fn && e.t == int(t) && e.threads == threads) return e.flops;
+    const auto& k = *dsv4::kernels_for(t);
+    float sink = 0;
+    uint64_t iters = 1 << 12;
+    for (;;) {
+        const auto t0 = std::chrono::steady_clock::now();
+        (k.*fn)(iters, &sink);
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(2) || iters > (uint64_t(1) << 40)) break;
+        iters *= 2;
+    }
+    tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    double best = 0;
+    for (int rep = 0; rep < reps; ++rep) {
+        std::atomic<uint64_t> flops{0};
+        const auto t0 = std::chrono::steady_clock::now();
+        parallel_rows(threads, std::size_t(24 * threads), 1, [&](std::size_t c0, std::size_t c1) {
+            float out = 0;
+            uint64_t f = 0;
+            for (std::size_t c = c0; c < c1; ++c) f += (k.*fn)(iters, &out);
+            flops += f;
+            benchmark::DoNotOptimize(out);
+        });
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, double(flops.load()) / s);
+    }
+    benchmark::DoNotOptimize(sink);
+    cache.push_back({fn, int(t), threads, best});
+    return best;
+}
+
 /// Sets GFLOP/s and flops_frac (achieved flop/s over the tier's FMA ceiling).
 inline void set_flops_counters(benchmark::State& st, double flops_per_iter, double peak_flops) {
     const double it = double(st.iterations());

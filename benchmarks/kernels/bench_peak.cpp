@@ -25,6 +25,15 @@ void bm_fma_peak(benchmark::State& st, dsv4::tier t, int threads) {
     st.counters["core_cpu_GFLOP/s"] = bench::fma_peak_cpu_flops(t) * 1e-9;  // per thread-CPU-second (cpu_frac)
 }
 
+// peak/bf16dot/<tier>/t<threads>: the bf16 dot-product ceiling (vdpbf16ps on avx512_bf16,
+// the FMA ceiling elsewhere) that bench_gemm's peak_frac divides by.
+void bm_bf16_dot_peak(benchmark::State& st, dsv4::tier t, int threads) {
+    double peak = 0;
+    for (auto _ : st) peak = bench::peak_flops_of(&dsv4::kernel_table::bf16_dot_peak, t, threads);
+    st.counters["ceiling_GFLOP/s"] = peak * 1e-9;
+    st.counters["fma_ceiling_GFLOP/s"] = bench::fma_peak_flops(t, threads) * 1e-9;
+}
+
 const bool registered = [] {
     for (dsv4::tier t : bench::tiers())
         for (int th : bench::thread_counts())
@@ -32,6 +41,13 @@ const bool registered = [] {
                                          bm_fma_peak, t, th)
                 ->UseRealTime()
                 ->Unit(benchmark::kMicrosecond);
+    for (dsv4::tier t : bench::tiers())
+        for (int th : bench::thread_counts())
+            benchmark::RegisterBenchmark(("peak/bf16dot/" + bench::tier_str(t) + "/t" + std::to_string(th)).c_str(),
+                                         bm_bf16_dot_peak, t, th)
+                ->Iterations(1)
+                ->UseRealTime()
+                ->Unit(benchmark::kMillisecond);
     return true;
 }();
 }  // namespace

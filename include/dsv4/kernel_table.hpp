@@ -62,6 +62,7 @@ struct kernel_table {
                                   float*) noexcept;
     // compute ceiling (kernels/peak.hpp)
     uint64_t (*fma_peak)(uint64_t, float*) noexcept;
+    uint64_t (*bf16_dot_peak)(uint64_t, float*) noexcept;
     // Hadamard (kernels/hadamard.hpp), compressor pooling (kernels/compressor.hpp), indexer
     // scores (kernels/indexer.hpp), top-k (kernels/topk.hpp)
     void (*hadamard_row)(uint16_t*, std::size_t) noexcept;

@@ -418,7 +418,7 @@ namespace {
 /// 2^-108 of their block's largest |x| (not normal after the block shift), and partial sums
 /// below 2^-126 flushed in the shifted domain (64 per block, scaled back). x must fit bf16.
 struct fp8_fast_bound {
-    double exact = 0, bound = 0;
+    double exact = 0, bound = 0, mag = 0, dropped = 0;  // mag = sum|x w|; dropped: as described
 };
 fp8_fast_bound fp8_fast_expect(const uint8_t* w_row, const uint8_t* s_row, const float* x, std::size_t k) {
     fp8_fast_bound r;
@@ -436,6 +436,8 @@ fp8_fast_bound fp8_fast_expect(const uint8_t* w_row, const uint8_t* s_row, const
         dropped += 64 * 0x1p-126 * sc * std::ldexp(1.0, 120) * amax * 0x1p-108;
     }
     r.bound = double(k) * 0x1p-24 * mag + double(k) * 0x1p-149 + dropped;
+    r.mag = mag;
+    r.dropped = dropped;
     return r;
 }
 }  // namespace
@@ -574,7 +576,7 @@ TEST_CASE("gemv: FP8 fast mode uses subnormal weight codes exactly except on avx
     }
     for (std::size_t b = 0; b < k / 128; ++b) sc[b] = uint8_t(112 + 3 * b);
     const bool daz = active().compiled_for == dsv4::tier::avx512_bf16;
-    for (std::size_t m : {std::size_t(1), std::size_t(2), std::size_t(4), std::size_t(7)}) {
+    for (std::size_t m : {std::size_t(1), std::size_t(2), std::size_t(4), std::size_t(7), std::size_t(13)}) {
         CAPTURE(m);
         std::vector<float> a(m * k);
         for (auto& v : a) v = dsv4::round_bf16(float(std::ldexp(1.0 + r.u32() % 127 / 128.0, -int(r.u32() % 8))) *
@@ -625,6 +627,84 @@ TEST_CASE("gemv: FP8 fast mode propagates non-finite activations and NaN scales"
     dsv4::to_bf16_blocks(a.data(), k, 2, k, xb.data(), k, sh.data(), 2);
     dsv4::fp8_gemv_bf16({w.data(), k, sc.data(), 2, n, k}, {xb.data(), k, sh.data(), 2, 2}, {y.data(), nullptr, n});
     for (float v : y) CHECK(std::isnan(v));
+}
+
+TEST_CASE("gemv: FP8 fast mode small-M GEMM (M = 4..64, kernels/gemm_fp8.hpp) within its bound, any row split") {
+    // M >= fp8_gemm_min_m = 5 runs the GEMM on avx512_bf16 (the row kernel elsewhere and for M = 4):
+    // every output within (128 + K/128) * 2^-24 * sum|a w| of the exact sum of the products the
+    // fast path keeps (fp8_fast_expect's dropped terms added), within both bounds of the scalar
+    // tier, and bit-identical whatever the row split (awkward r0 / r1 across panels and 128-row
+    // scale blocks). Rows: 300 (three scale rows), K = 640, padded weight and activation rows.
+    rng r(1515);
+    const std::size_t n = 300, k = 640, wpad = 32, nb = k / 128;
+    std::vector<uint8_t> w(n * (k + wpad), 0x7F);  // NaN codes in the padding: never read
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < k; ++j) {
+            uint8_t c = uint8_t(r.u32());
+            if (j % 11 == 0) c &= 0x87;  // subnormal codes
+            if ((c & 0x7F) == 0x7F) c = 0x42;
+            w[i * (k + wpad) + j] = c;
+        }
+    std::vector<uint8_t> sc(3 * (nb + 1), 0xFF);
+    for (std::size_t i = 0; i < 3; ++i)
+        for (std::size_t b = 0; b < nb; ++b) sc[i * (nb + 1) + b] = uint8_t(i == 2 && b == 1 ? 3 : 112 + r.u32() % 12);
+    const dsv4::fp8_matrix W{w.data(), k + wpad, sc.data(), nb + 1, n, k};
+    const double u = 0x1p-24;
+    for (std::size_t m : {std::size_t(4), std::size_t(5), std::size_t(8), std::size_t(13), std::size_t(32), std::size_t(64)}) {
+        CAPTURE(m);
+        const std::size_t xs = k + 24;
+        std::vector<float> a(m * xs, std::numeric_limits<float>::quiet_NaN());
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < k; ++j) {
+                float v = dsv4::round_bf16(r.normal());
+                if (j / 128 == 3) v *= (i % 3 == 0) ? 0x1p-90f : (i % 3 == 1 ? 0x1p40f : 1.0f);
+                a[i * xs + j] = v;
+            }
+        std::vector<uint16_t> xb(m * (k + 8), 0x7FC0);
+        std::vector<int32_t> sh(m * (nb + 2), 1 << 20);
+        dsv4::to_bf16_blocks(a.data(), xs, m, k, xb.data(), k + 8, sh.data(), nb + 2);
+        const dsv4::bf16_block_rows X{xb.data(), k + 8, sh.data(), nb + 2, m};
+        std::vector<float> y1(m * n), y2(m * n), y3(m * n, -1.0f);
+        active().fp8_gemv_bf16_rows(W, X, {y1.data(), nullptr, n}, 0, n);
+        scalar_table().fp8_gemv_bf16_rows(W, X, {y2.data(), nullptr, n}, 0, n);
+        for (std::size_t a0 = 0; a0 < n;) {
+            const std::size_t b = std::min(n, a0 + 1 + r.u32() % 70);
+            active().fp8_gemv_bf16_rows(W, X, {y3.data(), nullptr, n}, a0, b);
+            a0 = b;
+        }
+        CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+        bound_report rep, rep_scalar;
+        for (std::size_t i = 0; i < m; ++i)
+            for (std::size_t j = 0; j < n; ++j) {
+                const auto e = fp8_fast_expect(w.data() + j * (k + wpad), sc.data() + (j / 128) * (nb + 1),
+                                               a.data() + i * xs, k);
+                const double gemm = (128.0 + double(nb)) * u * e.mag + double(k) * 0x1p-149 + e.dropped;
+                rep.add(std::fabs(double(y1[i * n + j]) - e.exact), m >= 5 ? gemm : e.bound);
+                rep_scalar.add(std::fabs(double(y1[i * n + j]) - double(y2[i * n + j])), e.bound + gemm);
+            }
+        CHECK(rep.bad == 0);
+        CHECK(rep_scalar.bad == 0);
+        MESSAGE("fp8 gemm m=" << m << ": worst |err|/bound = " << rep.worst << ", vs scalar " << rep_scalar.worst);
+    }
+    // a NaN block scale (E8M0 255) makes its rows NaN; an Inf activation its row's outputs
+    // non-finite (Inf, or NaN where weights of both signs meet it)
+    sc[1] = 255;
+    const std::size_t m = 9;
+    std::vector<float> a(m * k, 0.25f);
+    a[3 * k + 200] = std::numeric_limits<float>::infinity();
+    std::vector<uint16_t> xb(m * k);
+    std::vector<int32_t> sh(m * nb);
+    dsv4::to_bf16_blocks(a.data(), k, m, k, xb.data(), k, sh.data(), nb);
+    std::vector<float> y(m * n);
+    dsv4::fp8_gemv_bf16(W, {xb.data(), k, sh.data(), nb, m}, {y.data(), nullptr, n});
+    for (std::size_t i = 0; i < m; ++i)
+        for (std::size_t j = 0; j < n; ++j) {
+            CAPTURE(i);
+            CAPTURE(j);
+            if (j < 128) CHECK(std::isnan(y[i * n + j]));
+            else if (i == 3) CHECK_FALSE(std::isfinite(y[i * n + j]));
+            else CHECK(std::isfinite(y[i * n + j]));
+        }
 }
 
 TEST_CASE("gemv: preconditions are checked at the public entry points") {

@@ -45,6 +45,13 @@ namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace kernels {
 
+/// Small-M GEMM of the fast FP8 path (gemm_fp8.hpp, included at the end): false where it
+/// does not run.
+template <class Arch>
+bool fp8_gemm_bf16_rows(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,
+                        std::size_t r1, std::size_t min_m) noexcept;
+inline constexpr std::size_t fp8_gemm_min_m = 5;  ///< activation rows from which the FP8 GEMM runs (measured: 0.8x the row time at 5)
+
 /// Largest M tile: each weight byte is read from memory once per tile; rows of the tile
 /// beyond the first reuse it from L1.
 inline constexpr std::size_t gemv_m_tile = 4;
@@ -608,9 +615,12 @@ void fp8_gemv_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, 
 }
 
 /// FP8 GEMV, fast mode (activations from to_bf16_blocks; dot_fp8_bf16_row states the numerics).
+/// From fp8_gemm_min_m activation rows on avx512_bf16, the GEMM of gemm_fp8.hpp (its header
+/// states how its sums differ from the row kernel's).
 template <class Arch>
 void fp8_gemv_bf16_rows(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,
                         std::size_t r1) noexcept {
+    if (fp8_gemm_bf16_rows<Arch>(w, x, out, r0, r1, fp8_gemm_min_m)) return;
     gemv_detail::for_rows_and_tiles(
         x.m, r0, r1,
         [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
@@ -725,3 +735,5 @@ void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_ro
 }  // namespace kernels
 }  // namespace DSV4_ISA_NS
 }  // namespace dsv4
+
+#include "gemm_fp8.hpp"

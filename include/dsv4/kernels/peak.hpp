@@ -32,6 +32,29 @@ template <class A> uint64_t fma_peak(uint64_t iters, float* out) noexcept {
     return iters * uint64_t(K) * simd::lanes<A>() * 2;
 }
 
+/// The bf16 dot-product ceiling: on avx512_bf16, independent vdpbf16ps chains (24 of 32
+/// zmm), 4 flops per f32 lane (2 products, 2 adds), the unit the fast FP8 GEMM
+/// (gemm_fp8.hpp) runs on. Other tiers make their bf16 products with FMAs: their ceiling
+/// is fma_peak's.
+template <class A> uint64_t bf16_dot_peak(uint64_t iters, float* out) noexcept {
+#if defined(__AVX512BF16__)
+    if constexpr (std::is_base_of_v<arch::avx512_bf16, A>) {
+        constexpr int K = 24;
+        __m512 acc[K];
+        for (int k = 0; k < K; ++k) acc[k] = _mm512_set1_ps(1.0f + 0.001f * float(k));
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3F803F80);  // (1, 1)
+        const __m512bh b = (__m512bh)_mm512_set1_epi32(0x38D138D1);  // (1e-4, 1e-4)
+        for (uint64_t it = 0; it < iters; ++it)
+            simd::unroll<K>([&](auto k) DSV4_LAMBDA_INLINE { acc[k] = _mm512_dpbf16_ps(acc[k], a, b); });
+        __m512 sum = _mm512_setzero_ps();
+        for (int k = 0; k < K; ++k) sum = _mm512_add_ps(sum, acc[k]);
+        *out = xsimd::hadd(simd::vf32<A>(sum));
+        return iters * uint64_t(K) * 16 * 4;
+    }
+#endif
+    return fma_peak<A>(iters, out);
+}
+
 }  // namespace kernels
 }  // namespace DSV4_ISA_NS
 }  // namespace dsv4
