@@ -28,15 +28,20 @@
 #include "../simd/fmath.hpp"
 #include "../simd/weights.hpp"
 
+#include <climits>
 #include <cstring>
 
 namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace kernels {
 
-/// Fewest activation rows for which the row-range kernels take the GEMM (measured with
-/// bench_gemm4: at M = 4 the panel decode already costs less than 1 re-decode per M tile).
-inline constexpr std::size_t gemm4_min_m = 4;
+/// Fewest activation rows for which the row-range kernels take the GEMM (bench_gemm4 against
+/// the row path: see docs/benchmarks.md). -DDSV4_GEMM4_MIN_M=N overrides it for experiments
+/// (a huge N measures the row path alone; the results are the same bits either way).
+#ifndef DSV4_GEMM4_MIN_M
+#  define DSV4_GEMM4_MIN_M 4
+#endif
+inline constexpr std::size_t gemm4_min_m = DSV4_GEMM4_MIN_M;
 /// Largest K of the GEMM: the panel (K x 32 bytes + K x 4 bytes of scales) is a stack array.
 inline constexpr std::size_t gemm4_max_k = 4096;
 
@@ -101,6 +106,13 @@ template <class A> requires simd::is_avx512<A> struct isa<A> {
     static DSV4_INLINE vi hi_nibbles(vi lut, vi v) noexcept {
         return _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)));
     }
+    static DSV4_INLINE vi gather32(const uint8_t* base, vi off) noexcept { return _mm512_i32gather_epi32(off, base, 1); }
+    /// Byte q of each lane as an E8M0 block scale times 1/2 (fp4_w_scales8's values).
+    static DSV4_INLINE vf e8m0_half(vi g, int q) noexcept {
+        const vi e = _mm512_and_si512(_mm512_srlv_epi32(g, _mm512_set1_epi32(8 * q)), _mm512_set1_epi32(0xFF));
+        return _mm512_mul_ps(_mm512_max_ps(_mm512_castsi512_ps(_mm512_slli_epi32(e, 23)), _mm512_set1_ps(0x1p-127f)),
+                             _mm512_set1_ps(0.5f));
+    }
 };
 #endif
 
@@ -145,6 +157,14 @@ template <class A> requires(std::is_base_of_v<arch::avx2, A>) struct isa<A> {
     }
     static DSV4_INLINE vi hi_nibbles(vi lut, vi v) noexcept {
         return _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)));
+    }
+    static DSV4_INLINE vi gather32(const uint8_t* base, vi off) noexcept {
+        return _mm256_i32gather_epi32(reinterpret_cast<const int*>(base), off, 1);
+    }
+    static DSV4_INLINE vf e8m0_half(vi g, int q) noexcept {
+        const vi e = _mm256_and_si256(_mm256_srlv_epi32(g, _mm256_set1_epi32(8 * q)), _mm256_set1_epi32(0xFF));
+        return _mm256_mul_ps(_mm256_max_ps(_mm256_castsi256_ps(_mm256_slli_epi32(e, 23)), _mm256_set1_ps(0x1p-127f)),
+                             _mm256_set1_ps(0.5f));
     }
 };
 #endif
@@ -199,15 +219,30 @@ DSV4_INLINE void pack_panel(const source* src, std::size_t nblk, uint8_t* panel,
             rows[c] = w.w + n * w.w_stride;
             srows[c] = w.scale + n * w.scale_stride;
         }
+        // scales: one gather of 4 bytes (4 blocks) per column when the rows' offsets fit int32
+        alignas(64) int32_t off[L];
+        bool gather = true;
+        for (std::size_t c = 0; c < L; ++c) {
+            const std::ptrdiff_t o = srows[c] - srows[0];
+            gather = gather && o >= 0 && o <= INT32_MAX;
+            off[c] = int32_t(o);
+        }
+        const auto voff = I::load(off);
         for (std::size_t b = 0; b < nblk; ++b) {
-            if (b % 4 == 0)  // a line of every row per 4 blocks, 8 lines ahead
+            if (b % 4 == 0) {  // a line of every row per 4 blocks, 8 lines ahead
                 for (std::size_t c = 0; c < L; ++c) simd::prefetch_weights<1, 512>(rows[c] + 16 * b);
-            pack_block<A>(rows, b, lut, panel + b * panel_block_bytes<A> + r * L * 4, step_stride);
-            float* o = ws + (b * NR + r) * L;
-            for (std::size_t c = 0; c < L; ++c) {
-                const uint32_t e = srows[c][b];
-                o[c] = (e == 0 ? 0x1p-127f : std::bit_cast<float>(e << 23)) * 0.5f;
+                if (gather) {  // nblk % 16 == 0: the 4 bytes lie inside the row
+                    const auto g = I::gather32(srows[0] + b, voff);
+                    for (int q = 0; q < 4; ++q) I::storef(ws + ((b + q) * NR + r) * L, I::e8m0_half(g, q));
+                } else {
+                    for (std::size_t q = b; q < b + 4; ++q)
+                        for (std::size_t c = 0; c < L; ++c) {
+                            const uint32_t e = srows[c][q];
+                            ws[(q * NR + r) * L + c] = (e == 0 ? 0x1p-127f : std::bit_cast<float>(e << 23)) * 0.5f;
+                        }
+                }
             }
+            pack_block<A>(rows, b, lut, panel + b * panel_block_bytes<A> + r * L * 4, step_stride);
         }
     }
 }
