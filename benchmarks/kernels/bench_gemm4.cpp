@@ -5,7 +5,9 @@
 // M in {3 (the row path, below the threshold), 4, 8, 16, 32, 64}. One copy of the weights
 // (8 / 4 MiB: an expert read once per chunk, warm after the first iteration).
 // Counters: GOP/s (2 per multiply-add) and peak_frac = GOP/s over the tier's int8
-// dot-product ceiling measured by this binary (peak/int8/<tier>/t<T>, kernels/peak.hpp).
+// dot-product ceiling measured by this binary (peak/int8/<tier>/t<T>, kernels/peak.hpp);
+// at t1 also cpu_peak_frac = ops per second of the thread's CPU time over the ceiling per
+// CPU-second (robust to neighbours taking the core).
 #include "bench_common.hpp"
 
 #include <dsv4/gemv.hpp>
@@ -45,16 +47,22 @@ void bm(benchmark::State& st, dsv4::tier t, bool gate_up, std::size_t m, int thr
     const dsv4::gemv_out out{nullptr, y.data(), n};
     const dsv4::swiglu_epilogue e{x.route.data(), 10.0f};
     const double peak = bench::int8_peak_ops(t, threads);
+    const double cpu_peak = threads == 1 ? bench::int8_peak_cpu_ops(t) : 0.0;
     tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+    const double c0 = bench::thread_cpu_seconds();
     for (auto _ : st)
         bench::parallel_rows(threads, n, 32, [&](std::size_t r0, std::size_t r1) {
             if (gate_up) K.fp4_gate_up_q8_rows(w1.view(n, k), w3.view(n, k), x.rows(), e, out, r0, r1);
             else K.fp4_gemv_q8_rows(w2.view(n, k), x.rows(), out, r0, r1);
         });
+    const double cpu = bench::thread_cpu_seconds() - c0;
     const double ops = 2.0 * double(m * n * k) * (gate_up ? 2 : 1) * double(st.iterations());
     st.counters["GOP/s"] = benchmark::Counter(ops * 1e-9, benchmark::Counter::kIsRate);
     st.counters["peak_frac"] = benchmark::Counter(ops / peak, benchmark::Counter::kIsRate);
     st.counters["peak_GOP/s"] = peak * 1e-9;
+    // one thread: ops per second of its CPU time over the int8 ceiling per CPU-second (what a
+    // loaded machine cannot lower)
+    if (threads == 1) st.counters["cpu_peak_frac"] = ops / cpu / cpu_peak;
 }
 
 const bool registered = [] {

@@ -36,10 +36,10 @@ inline namespace DSV4_ISA_NS {
 namespace kernels {
 
 /// Fewest activation rows for which the row-range kernels take the GEMM (bench_gemm4 against
-/// the row path: see docs/benchmarks.md). -DDSV4_GEMM4_MIN_M=N overrides it for experiments
+/// the row path on Zen 4: 0.75x at M = 4, 1.1-1.2x at 8, 1.4-1.7x from 16; docs/benchmarks.md). -DDSV4_GEMM4_MIN_M=N overrides it for experiments
 /// (a huge N measures the row path alone; the results are the same bits either way).
 #ifndef DSV4_GEMM4_MIN_M
-#  define DSV4_GEMM4_MIN_M 4
+#  define DSV4_GEMM4_MIN_M 8
 #endif
 inline constexpr std::size_t gemm4_min_m = DSV4_GEMM4_MIN_M;
 /// Largest K of the GEMM: the panel (K x 32 bytes + K x 4 bytes of scales) is a stack array.
@@ -52,11 +52,16 @@ inline constexpr std::size_t NR = 2;
 
 template <class A> struct isa;  // per-ISA operations; undefined for the scalar tier
 
+// AVX-512 tiers: zmm, 16 columns per vector, MR = 8 of 32 registers. (On Zen 4 a 512-bit
+// vpdpbusd makes half the products per cycle of 256-bit ones, bench peak/int8/.../w256; a
+// 256-bit form of this kernel measured 5-20 % slower there all the same: its per-block
+// conversion and scaling cost twice the instructions per column.)
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 template <class A> requires simd::is_avx512<A> struct isa<A> {
     using vi = __m512i;
     using vf = __m512;
-    static constexpr std::size_t L = 16;  // columns per vector = lanes of the row path's accumulator
+    static constexpr std::size_t L = 16;  // columns per vector
+    static constexpr std::size_t S = 16;  // slots: the row path's accumulator lanes
     static constexpr std::size_t MR = 8;  // 16 int32 accumulators + 2 weight vectors of 32 zmm
 #  if defined(__AVX512VNNI__)
     static constexpr bool vnni = std::is_base_of_v<arch::avx512_vnni, A>;
@@ -120,7 +125,8 @@ template <class A> requires simd::is_avx512<A> struct isa<A> {
 template <class A> requires(std::is_base_of_v<arch::avx2, A>) struct isa<A> {
     using vi = __m256i;
     using vf = __m256;
-    static constexpr std::size_t L = 8;
+    static constexpr std::size_t L = 8;   // columns per vector
+    static constexpr std::size_t S = 8;   // slots: the row path's accumulator lanes
     static constexpr std::size_t MR = 4;  // 8 int32 accumulators of 16 ymm
 #  if defined(__AVXVNNI__)
     static constexpr bool vnni = std::is_base_of_v<arch::avx2_vnni, A>;
@@ -130,7 +136,13 @@ template <class A> requires(std::is_base_of_v<arch::avx2, A>) struct isa<A> {
     static DSV4_INLINE vi load(const void* p) noexcept { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
     static DSV4_INLINE vi set1(int32_t v) noexcept { return _mm256_set1_epi32(v); }
     static DSV4_INLINE vi add(vi a, vi b) noexcept { return _mm256_add_epi32(a, b); }
-    static DSV4_INLINE vi dot(vi acc, vi u, vi s) noexcept { return simd::dot_u8s8(A{}, acc, u, s); }
+    static DSV4_INLINE vi dot(vi acc, vi u, vi s) noexcept {
+#  if defined(__AVXVNNI__)
+        return _mm256_dpbusd_avx_epi32(acc, u, s);
+#  else
+        return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#  endif
+    }
     static DSV4_INLINE vi dot2(vi u0, vi s0, vi u1, vi s1) noexcept { return simd::dot2_u8s8(arch::avx2{}, u0, s0, u1, s1); }
     static DSV4_INLINE vf cvt(vi v) noexcept { return _mm256_cvtepi32_ps(v); }
     static DSV4_INLINE vf fma(vf a, vf b, vf c) noexcept { return _mm256_fmadd_ps(a, b, c); }
@@ -249,13 +261,14 @@ DSV4_INLINE void pack_panel(const source* src, std::size_t nblk, uint8_t* panel,
 
 /// Micro-kernel: activation rows [m0, m0 + MR) against the panel; out[j][r][c] gets the
 /// row path's value of (m0 + j, column c of source r). slots: [L][MR][NR][L] floats.
-template <class A, std::size_t MR>
+/// prefetch(b) runs once per block (the next panel's weights stream in meanwhile).
+template <class A, std::size_t MR, class Prefetch>
 DSV4_INLINE void tile(const uint8_t* panel, const float* ws, std::size_t nblk, const q8_rows& x, std::size_t m0,
-                      float* slots, float* out) noexcept {
+                      float* slots, float* out, Prefetch&& prefetch) noexcept {
     using I = isa<A>;
     using vi = typename I::vi;
     using vf = typename I::vf;
-    constexpr std::size_t L = I::L, V = MR * NR * L;  // floats per slot
+    constexpr std::size_t L = I::L, S = I::S, V = MR * NR * L;  // floats per slot
     const int8_t* a[MR];
     const float* d[MR];
     const int32_t* c[MR];
@@ -264,7 +277,7 @@ DSV4_INLINE void tile(const uint8_t* panel, const float* ws, std::size_t nblk, c
         d[j] = x.scales + (m0 + j) * x.scales_stride;
         c[j] = x.corr + (m0 + j) * x.corr_stride;
     }
-    for (std::size_t i = 0; i < L * V; i += L) I::storef(slots + i, I::set1f(0.0f));
+    for (std::size_t i = 0; i < S * V; i += L) I::storef(slots + i, I::set1f(0.0f));
     const auto bcast = [](const int8_t* p) DSV4_LAMBDA_INLINE {
         int32_t v;
         std::memcpy(&v, p, 4);
@@ -275,6 +288,7 @@ DSV4_INLINE void tile(const uint8_t* panel, const float* ws, std::size_t nblk, c
         // its odds 64 further
         const std::size_t ev = 128 * (b / 4) + 16 * (b % 4), od = ev + 64;
         const uint8_t* p = panel + b * panel_block_bytes<A>;
+        prefetch(b);
         vi acc[MR][NR];
         for (std::size_t j = 0; j < MR; ++j)
             for (std::size_t r = 0; r < NR; ++r) acc[j][r] = I::set1(c[j][b]);  // -12 * sum(q) of the block
@@ -304,8 +318,8 @@ DSV4_INLINE void tile(const uint8_t* panel, const float* ws, std::size_t nblk, c
                 }
             }
         }
-        // the row path's term: cvt(block sum) * (d * ws) + lane (b % L), one rounding
-        float* sl = slots + (b % L) * V;
+        // the row path's term: cvt(block sum) * (d * ws) + lane (b % S), one rounding
+        float* sl = slots + (b % S) * V;
         const float* wb = ws + b * NR * L;
         for (std::size_t j = 0; j < MR; ++j) {
             const vf dj = I::set1f(d[j][b]);
@@ -315,42 +329,71 @@ DSV4_INLINE void tile(const uint8_t* panel, const float* ws, std::size_t nblk, c
             }
         }
     }
-    // the row path's horizontal sum (xsimd::hadd) of lanes 0..L-1, lane-wise over columns:
+    // the row path's horizontal sum (xsimd::hadd) of lanes 0..S-1, lane-wise over columns:
     // AVX-512 adds the halves (i + 8, i), then ((i, i+4) pairs), then two hadds; AVX2 the last three
     for (std::size_t i = 0; i < V; i += L) {
-        vf s[16];
-        const auto S = [&](std::size_t lane) { return I::loadf(slots + lane * V + i); };
-        if constexpr (L == 16)
-            for (std::size_t l = 0; l < 8; ++l) s[l] = I::addf(S(l + 8), S(l));
+        vf s[8];
+        const auto slot = [&](std::size_t lane) { return I::loadf(slots + lane * V + i); };
+        if constexpr (S == 16)
+            for (std::size_t l = 0; l < 8; ++l) s[l] = I::addf(slot(l + 8), slot(l));
         else
-            for (std::size_t l = 0; l < 8; ++l) s[l] = S(l);
+            for (std::size_t l = 0; l < 8; ++l) s[l] = slot(l);
         const vf t0 = I::addf(s[0], s[4]), t1 = I::addf(s[1], s[5]), t2 = I::addf(s[2], s[6]), t3 = I::addf(s[3], s[7]);
         I::storef(out + i, I::addf(I::addf(t0, t1), I::addf(t2, t3)));
     }
 }
 
+/// Prefetches (into L1/L2) the weight and scale lines of the sources `next` (the next
+/// panel, null at the last): its pack then reads from cache while the DRAM stream overlaps
+/// this panel's arithmetic. prefetch(b, nblk) issues block b's share (a 1/nblk of the lines).
+struct next_panel {
+    const source* next;
+    std::size_t k;
+    DSV4_INLINE void operator()(std::size_t b, std::size_t nblk, std::size_t L) const noexcept {
+        if (!next) return;
+        const std::size_t wl = k / 128, sl = (k / 32 + 63) / 64, per_row = wl + sl;  // lines per row
+        const std::size_t total = NR * L * per_row, i0 = total * b / nblk, i1 = total * (b + 1) / nblk;
+        for (std::size_t i = i0; i < i1; ++i) {
+            const std::size_t rc = i / per_row, l = i % per_row;
+            const source& s = next[rc / L];
+            const std::size_t n = std::min(s.n0 + rc % L, s.last);
+            const uint8_t* p = l < wl ? s.w->w + n * s.w->w_stride + 64 * l : s.w->scale + n * s.w->scale_stride + 64 * (l - wl);
+            simd::prefetch_weights<1, 0>(p);
+        }
+    }
+};
+
 /// Runs the panel of `src` against all x.m activation rows: emit(m, y) with y[r * L + c] the
-/// value of column c of source r.
+/// value of column c of source r. `next`: the following panel's sources (or null).
 template <class A, class Emit>
-DSV4_INLINE void run_panel(const source* src, const q8_rows& x, std::size_t k, Emit&& emit) noexcept {
+DSV4_INLINE void run_panel(const source* src, const source* next, const q8_rows& x, std::size_t k,
+                           Emit&& emit) noexcept {
     using I = isa<A>;
     constexpr std::size_t L = I::L, MR = I::MR;
     alignas(64) uint8_t panel[gemm4_max_k / 32 * panel_block_bytes<A>];
     alignas(64) float ws[gemm4_max_k / 32 * NR * L];
-    alignas(64) float slots[L * MR * NR * L];
+    alignas(64) float slots[I::S * MR * NR * L];
     alignas(64) float out[MR * NR * L];
     const std::size_t nblk = k / 32;
     pack_panel<A>(src, nblk, panel, ws);
+    const next_panel np{next, k};
+    // the first M tile issues the next panel's prefetches
+    const auto pf = [&](std::size_t b) DSV4_LAMBDA_INLINE { np(b, nblk, L); };
+    const auto none = [](std::size_t) DSV4_LAMBDA_INLINE {};
     std::size_t m0 = 0;
     for (; m0 + MR <= x.m; m0 += MR) {
-        tile<A, MR>(panel, ws, nblk, x, m0, slots, out);
+        if (m0 == 0) tile<A, MR>(panel, ws, nblk, x, m0, slots, out, pf);
+        else tile<A, MR>(panel, ws, nblk, x, m0, slots, out, none);
         for (std::size_t j = 0; j < MR; ++j) emit(m0 + j, out + j * NR * L);
     }
     const std::size_t rest = x.m - m0;
     if (rest == 0) return;
     simd::unroll<int(MR) - 1>([&](auto t) DSV4_LAMBDA_INLINE {
         constexpr std::size_t mr = std::size_t(decltype(t)::value) + 1;
-        if (mr == rest) tile<A, mr>(panel, ws, nblk, x, m0, slots, out);
+        if (mr == rest) {
+            if (m0 == 0) tile<A, mr>(panel, ws, nblk, x, m0, slots, out, pf);
+            else tile<A, mr>(panel, ws, nblk, x, m0, slots, out, none);
+        }
     });
     for (std::size_t j = 0; j < rest; ++j) emit(m0 + j, out + j * NR * L);
 }
@@ -369,9 +412,11 @@ template <class A, class Store>
 void fp4_gemm_q8_rows(const fp4_matrix& w, const q8_rows& x, std::size_t r0, std::size_t r1, Store&& store) noexcept {
     constexpr std::size_t L = gemm4_detail::isa<A>::L;
     for (std::size_t n0 = r0; n0 < r1; n0 += gemm4_detail::NR * L) {
+        const std::size_t n1 = n0 + gemm4_detail::NR * L;
         const gemm4_detail::source src[2] = {{&w, n0, r1 - 1}, {&w, n0 + L, r1 - 1}};
+        const gemm4_detail::source next[2] = {{&w, n1, r1 - 1}, {&w, n1 + L, r1 - 1}};
         const std::size_t nv = std::min(r1 - n0, gemm4_detail::NR * L);
-        gemm4_detail::run_panel<A>(src, x, w.k, [&](std::size_t m, const float* y) DSV4_LAMBDA_INLINE {
+        gemm4_detail::run_panel<A>(src, n1 < r1 ? next : nullptr, x, w.k, [&](std::size_t m, const float* y) DSV4_LAMBDA_INLINE {
             for (std::size_t c = 0; c < nv; ++c) store(m, n0 + c, y[c]);
         });
     }
@@ -384,8 +429,9 @@ void fp4_gemm_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const 
     constexpr std::size_t L = gemm4_detail::isa<A>::L;
     for (std::size_t n0 = r0; n0 < r1; n0 += L) {
         const gemm4_detail::source src[2] = {{&w1, n0, r1 - 1}, {&w3, n0, r1 - 1}};
+        const gemm4_detail::source next[2] = {{&w1, n0 + L, r1 - 1}, {&w3, n0 + L, r1 - 1}};
         const std::size_t nv = std::min(r1 - n0, L);
-        gemm4_detail::run_panel<A>(src, x, w1.k, [&](std::size_t m, const float* y) DSV4_LAMBDA_INLINE {
+        gemm4_detail::run_panel<A>(src, n0 + L < r1 ? next : nullptr, x, w1.k, [&](std::size_t m, const float* y) DSV4_LAMBDA_INLINE {
             for (std::size_t c = 0; c < nv; ++c) store(m, n0 + c, y[c], y[L + c]);
         });
     }
