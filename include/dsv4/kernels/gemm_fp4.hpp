@@ -36,8 +36,9 @@ inline namespace DSV4_ISA_NS {
 namespace kernels {
 
 /// Fewest activation rows for which the row-range kernels take the GEMM (bench_gemm4 against
-/// the row path on Zen 4: 0.75x at M = 4, 1.1-1.2x at 8, 1.4-1.7x from 16; docs/benchmarks.md). -DDSV4_GEMM4_MIN_M=N overrides it for experiments
-/// (a huge N measures the row path alone; the results are the same bits either way).
+/// the row path on Zen 4: 0.75x at M = 4, 1.1-1.2x at 8, 1.35-1.6x from 16; see
+/// docs/benchmarks.md). -DDSV4_GEMM4_MIN_M=N overrides it for experiments (a huge N
+/// measures the row path alone; the results are the same bits either way).
 #ifndef DSV4_GEMM4_MIN_M
 #  define DSV4_GEMM4_MIN_M 8
 #endif
