@@ -307,6 +307,69 @@ inline double peak_flops_of(peak_kernel fn, dsv4::tier t, int threads, int reps 
     return best;
 }
 
+/// The int8 dot-product ceiling of tier t (kernels/peak.hpp int8_peak: ops/s, 2 per
+/// multiply-add, wall clock) on `threads` threads, the better of the 512- and 256-bit forms
+/// (Zen 4 makes twice the products per cycle with 256-bit vpdpbusd): dynamic chunks (24 per
+/// thread) of ~2 ms, the best of `reps` runs (other processes can only lower a ceiling).
+inline double int8_peak_ops_now(dsv4::tier t, int threads, int reps) {
+    const auto& k = *dsv4::kernels_for(t);
+    double best = 0;
+    for (int width : {512, 256}) {
+        uint64_t iters = 1 << 10;
+        for (int32_t sink = 0;; iters *= 2) {
+            const auto t0 = std::chrono::steady_clock::now();
+            k.int8_peak(iters, width, &sink);
+            benchmark::DoNotOptimize(sink);
+            if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(2) || iters > (uint64_t(1) << 40)) break;
+        }
+        tbb::global_control gc(tbb::global_control::max_allowed_parallelism, std::size_t(threads));
+        for (int rep = 0; rep < reps; ++rep) {
+            std::atomic<uint64_t> ops{0};
+            const auto t0 = std::chrono::steady_clock::now();
+            parallel_rows(threads, std::size_t(24 * threads), 1, [&](std::size_t c0, std::size_t c1) {
+                int32_t out = 0;
+                uint64_t f = 0;
+                for (std::size_t c = c0; c < c1; ++c) f += k.int8_peak(iters, width, &out);
+                ops += f;
+                benchmark::DoNotOptimize(out);
+            });
+            const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            best = std::max(best, double(ops.load()) / s);
+        }
+    }
+    return best;
+}
+
+/// int8_peak_ops_now, best of 7, cached per (tier, threads): what peak/int8/... prints.
+inline double int8_peak_ops(dsv4::tier t, int threads) {
+    static std::mutex mu;
+    static std::map<std::pair<int, int>, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find({int(t), threads}); it != cache.end()) return it->second;
+    return cache[{int(t), threads}] = int8_peak_ops_now(t, threads, 7);
+}
+
+/// int8_peak per second of one thread's CPU time (best of 5, better width): the ceiling for
+/// cpu_peak_frac, immune to the time other processes take the core.
+inline double int8_peak_cpu_ops(dsv4::tier t) {
+    static std::mutex mu;
+    static std::map<int, double> cache;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find(int(t)); it != cache.end()) return it->second;
+    const auto& k = *dsv4::kernels_for(t);
+    double best = 0;
+    for (int width : {512, 256})
+        for (int rep = 0; rep < 5; ++rep) {
+            int32_t out = 0;
+            uint64_t f = 0;
+            const double t0 = thread_cpu_seconds();
+            for (int c = 0; c < 24; ++c) f += k.int8_peak(uint64_t(1) << 13, width, &out);
+            benchmark::DoNotOptimize(out);
+            best = std::max(best, double(f) / (thread_cpu_seconds() - t0));
+        }
+    return cache[int(t)] = best;
+}
+
 /// Sets GFLOP/s and flops_frac (achieved flop/s over the tier's FMA ceiling).
 inline void set_flops_counters(benchmark::State& st, double flops_per_iter, double peak_flops) {
     const double it = double(st.iterations());

@@ -58,6 +58,7 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.sparse_attention_rows = &kernels::sparse_attention_rows<Arch>;
     t.fma_peak = &kernels::fma_peak<Arch>;
     t.bf16_dot_peak = &kernels::bf16_dot_peak<Arch>;
+    t.int8_peak = &kernels::int8_peak<Arch>;
     t.hadamard_row = &kernels::hadamard_row<Arch>;
     t.compressor_pool_row = &kernels::compressor_pool_row<Arch>;
     t.indexer_scores_rows = &kernels::indexer_scores_rows<Arch>;

@@ -63,6 +63,7 @@ struct kernel_table {
     // compute ceiling (kernels/peak.hpp)
     uint64_t (*fma_peak)(uint64_t, float*) noexcept;
     uint64_t (*bf16_dot_peak)(uint64_t, float*) noexcept;
+    uint64_t (*int8_peak)(uint64_t, int, int32_t*) noexcept;  // (iters, width_bits, out)
     // Hadamard (kernels/hadamard.hpp), compressor pooling (kernels/compressor.hpp), indexer
     // scores (kernels/indexer.hpp), top-k (kernels/topk.hpp)
     void (*hadamard_row)(uint16_t*, std::size_t) noexcept;

@@ -35,6 +35,7 @@
 
 #include "../gemv_types.hpp"
 #include "codec.hpp"
+#include "gemm_fp4.hpp"
 #include "../simd/fmath.hpp"
 #include "../simd/weights.hpp"
 
@@ -667,9 +668,18 @@ void fp4_gemv_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& out, 
     });
 }
 
+/// FP4 GEMV, fast mode. From gemm4_min_m activation rows on (and k % 512 == 0) the
+/// register-blocked GEMM of gemm_fp4.hpp runs instead: the same bits, fewer decodes.
 template <class Arch>
 void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out, std::size_t r0,
                       std::size_t r1) noexcept {
+    if (gemm4_applies<Arch>(x.m, w.k)) {
+        if constexpr (gemm4_detail::supported<Arch>)
+            fp4_gemm_q8_rows<Arch>(w, x, r0, r1, [&](std::size_t m, std::size_t n, float v) DSV4_LAMBDA_INLINE {
+                gemv_detail::store_out(out, m, n, v);
+            });
+        return;
+    }
     gemv_detail::for_rows_and_tiles(
         x.m, r0, r1,
         [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
@@ -717,10 +727,20 @@ void fp4_gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows
                               });
 }
 
-/// Fused gate+up, fast mode (int8 activations).
+/// Fused gate+up, fast mode (int8 activations); the GEMM from gemm4_min_m rows on, as
+/// fp4_gemv_q8_rows.
 template <class Arch>
 void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_rows& x, const swiglu_epilogue& e,
                          const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
+    if (gemm4_applies<Arch>(x.m, w1.k)) {  // the GEMM of gemm_fp4.hpp: the same bits
+        if constexpr (gemm4_detail::supported<Arch>)
+            fp4_gemm_gate_up_q8_rows<Arch>(
+                w1, w3, x, r0, r1, [&](std::size_t m, std::size_t n, float y1, float y3) DSV4_LAMBDA_INLINE {
+                    gemv_detail::store_out(
+                        out, m, n, gemv_detail::swiglu(y1, y3, e.route_weights ? e.route_weights[m] : 1.0f, e.limit));
+                });
+        return;
+    }
     gemv_detail::gate_up_rows(w1, w3, x.m, e, out, r0, r1,
                               [&]<std::size_t MT>(std::size_t n, std::size_t m0, const fp4_matrix& w, float* y) {
                                   const int8_t* q[MT];
