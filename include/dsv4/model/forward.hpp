@@ -171,7 +171,7 @@ public:
     /// Workspace bytes of a call of up to S tokens at any position (every output included).
     std::size_t workspace_bytes(std::size_t S) const {
         const model_context& m = *ctx_;
-        const std::size_t D = m.D, W = hc_mult * D, mt = std::min<std::size_t>(S, 64);
+        const std::size_t D = m.D, W = hc_mult * D, mt = std::min(S, moe_chunk_tokens);
         auto b = [](std::size_t n, std::size_t size) { return forward_workspace::round_up(n * size); };
         const std::size_t top = b(S * W, 2) + 2 * b(S * D, 2) + b(S * 4, 4) + b(S * 16, 4) + b(bytes_needed(m.hc, S), 1) +
                                 b(bytes_needed(m.moe, mt), 1) + b(m.moe.topk, 4) + b(S * D, 4);
