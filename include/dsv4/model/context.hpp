@@ -148,11 +148,15 @@ inline std::size_t fp8_linear_bytes(const model_context& c, std::size_t K, std::
     return b(mc * K, 1) + b(mc * (K / 128), 1) + b(mc * K, 4) + (bf ? b(mc * K, 2) + b(mc * (K / 128), 4) : 0);
 }
 
-/// y = bf16(act_quant(x, 128) . w^T) for m rows (chunks of fp8_linear_chunk tokens); buffers from ws.
-inline void fp8_linear(const model_context& c, const fp8_matrix& w, const uint16_t* x, std::size_t x_stride,
-                       std::size_t m, uint16_t* y, std::size_t y_stride, forward_workspace& ws) {
+/// The activation side of fp8_linear: x [m, K] bf16 in chunks of fp8_linear_chunk rows, each
+/// act_quant'ed (blocks of 128) and dequantised to f32; fn(a, n, xf, xb, sh) gets chunk rows
+/// [a, a + n) as xf [n, K] plus room xb / sh for their bf16 blocks (null unless fp8_bf16()).
+/// Buffers from ws (fp8_linear_bytes), released on return.
+template <class Fn>
+inline void for_fp8_act_chunks(const model_context& c, std::size_t K, const uint16_t* x, std::size_t x_stride,
+                               std::size_t m, forward_workspace& ws, Fn&& fn) {
     constexpr std::size_t C = fp8_linear_chunk;
-    const std::size_t K = w.k, mc = std::min(m, C), mk = ws.mark();
+    const std::size_t mc = std::min(m, C), mk = ws.mark();
     const bool bf = c.fp8_bf16();
     uint8_t* codes = ws.take<uint8_t>(mc * K);
     uint8_t* scales = ws.take<uint8_t>(mc * (K / 128));
@@ -163,9 +167,18 @@ inline void fp8_linear(const model_context& c, const fp8_matrix& w, const uint16
         const std::size_t n = std::min(C, m - a);
         act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes, K, scales, K / 128);
         fp8_acts_to_f32(codes, K, scales, K / 128, n, K, xf, K);
-        fp8_project(c, w, 1, xf, n, xb, sh, gemv_out{nullptr, y + a * y_stride, y_stride});
+        fn(a, n, xf, xb, sh);
     }
     ws.release(mk);
+}
+
+/// y = bf16(act_quant(x, 128) . w^T) for m rows (chunks of fp8_linear_chunk tokens); buffers from ws.
+inline void fp8_linear(const model_context& c, const fp8_matrix& w, const uint16_t* x, std::size_t x_stride,
+                       std::size_t m, uint16_t* y, std::size_t y_stride, forward_workspace& ws) {
+    for_fp8_act_chunks(c, w.k, x, x_stride, m, ws,
+                       [&](std::size_t a, std::size_t n, const float* xf, uint16_t* xb, int32_t* sh) {
+                           fp8_project(c, w, 1, xf, n, xb, sh, gemv_out{nullptr, y + a * y_stride, y_stride});
+                       });
 }
 
 /// fp8_linear of two weights over the same x (a layer's wq_a and wkv): x quantised once per
@@ -175,18 +188,9 @@ inline void fp8_linear_pair(const model_context& c, const fp8_matrix& wa, uint16
                             const fp8_matrix& wb, uint16_t* yb, std::size_t yb_stride, const uint16_t* x,
                             std::size_t x_stride, std::size_t m, forward_workspace& ws) {
     detail::require(wa.k == wb.k, "fp8_linear_pair", "the two weights take inputs of different widths");
-    constexpr std::size_t C = 32;
-    const std::size_t K = wa.k, mc = std::min(m, C), mk = ws.mark(), na = wa.n;
-    const bool bf = c.fp8_bf16();
-    uint8_t* codes = ws.take<uint8_t>(mc * K);
-    uint8_t* scales = ws.take<uint8_t>(mc * (K / 128));
-    float* xf = ws.take<float>(mc * K);
-    uint16_t* xb = bf ? ws.take<uint16_t>(mc * K) : nullptr;
-    int32_t* sh = bf ? ws.take<int32_t>(mc * (K / 128)) : nullptr;
-    for (std::size_t a = 0; a < m; a += C) {
-        const std::size_t n = std::min(C, m - a);
-        act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes, K, scales, K / 128);
-        fp8_acts_to_f32(codes, K, scales, K / 128, n, K, xf, K);
+    const std::size_t K = wa.k, na = wa.n;
+    for_fp8_act_chunks(c, K, x, x_stride, m, ws, [&](std::size_t a, std::size_t n, const float* xf, uint16_t* xb,
+                                                     int32_t* sh) {
         const gemv_out oa{nullptr, ya + a * ya_stride, ya_stride}, ob{nullptr, yb + a * yb_stride, yb_stride};
         // rows [0, na) of the joint range are wa's, [na, na + wb.n) wb's
         auto project = [&](auto&& gemv, const auto& xr) {
@@ -207,8 +211,7 @@ inline void fp8_linear_pair(const model_context& c, const fp8_matrix& wa, uint16
                 dsv4::fp8_gemv(w, xr, o, r0, r1);
             }, f32_rows{xf, K, n});
         }
-    }
-    ws.release(mk);
+    });
 }
 
 }  // namespace DSV4_ISA_NS
