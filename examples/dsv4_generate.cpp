@@ -6,6 +6,7 @@
 //                 [--numerics reference|fast] [--chunk N] [--ignore-eos]
 //                 [--mtp | --draft K] [--verify] [--ram-budget BYTES [--cache lru|lfu] [--io-threads N]
 //                 [--no-direct] [--lock-resident]] [--trace FILE] [--warmup N] [--profile]
+//                 [--populate]
 //   dsv4-generate --model DIR --prompt "text" [--think] [--system TEXT] [--raw] [--tokenizer FILE]
 //   dsv4-generate --model DIR --chat [--think] [--system TEXT] [--save-session F] [--load-session F]
 //   dsv4-generate --model DIR --verify
@@ -18,6 +19,8 @@
 // --warmup N leaves the first N decoded tokens out of the decode tokens/s and the cache's
 // decode counters (a steady-state measurement). --trace FILE writes the routing trace (one
 // line of expert ids per layer and chunk; needs --ram-budget) for dsv4-stream-bench replay.
+// --populate maps every page at load (checkpoint::populate, MADV_POPULATE_READ): no first-touch
+// page faults in the timed steps (else ~2,000 per decoded token while new experts are picked).
 // --profile counts the parallel regions (fork-join points) of the prefill and of the timed
 // decode steps and splits their time into inside regions and outside (the serial part:
 // norms, RoPE, activation quantisation, index lists, routing, checks); dsv4/regions.hpp.
@@ -81,6 +84,7 @@ void usage(FILE* f) {
                  "                     [--ignore-eos] [--mtp | --draft K] [--verify]\n"
                  "                     [--ram-budget BYTES[K|M|G] [--cache lfu|lru] [--io-threads N=8] [--no-direct]\n"
                  "                      [--lock-resident] [--prefetch] [--trace FILE]] [--warmup N=0] [--profile]\n"
+                 "                     [--populate]\n"
                  "       dsv4-generate --model DIR --verify [--threads N]\n"
                  "Generation stops after the config's eos_token_id unless --ignore-eos; --numerics fast runs\n"
                  "the routed experts on int8 activations. --chunk N prefills the prompt in pieces of N tokens\n"
@@ -94,6 +98,8 @@ void usage(FILE* f) {
                  "the reasoning printed apart; the tokenizer is DIR/tokenizer.json unless --tokenizer.\n"
                  "--save-session / --load-session: the sequence's whole state and the conversation.\n"
                  "--profile prints the parallel regions per token and the time inside / outside them.\n"
+                 "--populate maps every page of the checkpoint at load (MADV_POPULATE_READ: reads what the\n"
+                 "page cache lacks; later tokens take no page faults); not with a streaming --ram-budget.\n"
                  "--verify reads every tensor's bytes and reports NaN codes / non-finite values / read\n"
                  "errors (exit 1 if any); without a prompt it verifies and exits.\n"
                  "DSV4_ISA=scalar|avx2|avx2_vnni|avx512|avx512_vnni|avx512_bf16 forces a kernel tier.\n");
@@ -182,7 +188,7 @@ int run(int argc, char** argv) {
     uint64_t max_new = 16, seed = 0, threads = 0, max_ctx = 0, chunk = 0, draft = 0, ram_budget = 0, io_threads = 8,
              warmup = 0;
     double temperature = 0.0, top_p = 1.0;
-    bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false, prefetch = false,
+    bool verify_bytes = false, ignore_eos = false, no_direct = false, lock_resident = false, prefetch = false, populate = false,
          profile = false;
     generate_text::options text;
     for (int i = 1; i < argc; ++i) {
@@ -199,8 +205,11 @@ int run(int argc, char** argv) {
             draft = draft ? draft : 1;
             continue;
         }
-        if (a == "--no-direct" || a == "--lock-resident" || a == "--prefetch") {
-            (a == "--no-direct" ? no_direct : a == "--prefetch" ? prefetch : lock_resident) = true;
+        if (a == "--no-direct" || a == "--lock-resident" || a == "--prefetch" || a == "--populate") {
+            (a == "--no-direct"  ? no_direct
+             : a == "--prefetch" ? prefetch
+             : a == "--populate" ? populate
+                                 : lock_resident) = true;
             continue;
         }
         if (a == "--chat" || a == "--think" || a == "--raw") {
@@ -291,6 +300,14 @@ int run(int argc, char** argv) {
     opt.prefetch_next = prefetch;
     opt.expert_trace = trace;
     const dsv4::model m = dsv4::model::open(model_dir, opt);
+    if (populate) {
+        if (m.streamer()) throw usage_error("--populate maps the whole checkpoint: not with a --ram-budget below the routed experts");
+        const auto p0 = clock::now();
+        const bool full = m.weights().populate();
+        std::printf("populate: %.2f GB mapped in %.2f s%s\n", double(m.weights().memory().bytes_mapped) * 1e-9,
+                    std::chrono::duration<double>(clock::now() - p0).count(),
+                    full ? "" : " (kernel without MADV_POPULATE_READ: readahead only)");
+    }
     const double load_s = std::chrono::duration<double>(clock::now() - t0).count();
     if (verify_bytes && !verify(m.weights(), model_dir, threads)) return 1;
 

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -1014,6 +1016,31 @@ TEST_CASE("loader: verify_checkpoint reads every byte of the clean toy checkpoin
     const auto after = fresh.memory().bytes_touched;
     if (before && after) CHECK(*after == *before);
     expect_error([&] { (void)dsv4::verify_checkpoint(ck, {1, 0}); }, {"verify_checkpoint", "chunk_bytes"});
+}
+
+TEST_CASE("loader: populate maps every page now; a file cut short since it was mapped is an error naming it") {
+    const auto ck = dsv4::checkpoint::open(toy_dir());
+    const auto before = ck.memory();
+    REQUIRE(before.bytes_touched.has_value());
+    REQUIRE(*before.bytes_touched < before.bytes_mapped);  // open read the headers only
+    const bool full = ck.populate();
+    const auto after = ck.memory();
+    if (full) {  // MADV_POPULATE_READ (Linux 5.14+): every page of every file is mapped
+        const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+        CHECK(*after.bytes_touched >= before.bytes_mapped);
+        CHECK(*after.bytes_touched <= before.bytes_mapped + before.files * page);
+        CHECK(after.bytes_resident == after.bytes_mapped);
+    } else {
+        MESSAGE("this kernel has no MADV_POPULATE_READ: populate asked for readahead only");
+    }
+
+    // A shard truncated after open: populate reports it (EFAULT), no SIGBUS.
+    const fs::path d = toy_copy("populate_truncated");
+    const auto cut = dsv4::checkpoint::open(d.string());
+    const std::string victim = (d / "model-00002-of-00003.safetensors").string();
+    const auto size = fs::file_size(victim);
+    REQUIRE(::truncate(victim.c_str(), off_t(size / 2)) == 0);
+    if (full) expect_error([&] { (void)cut.populate(); }, {victim, "cannot populate", "shorter than when it was mapped"});
 }
 
 TEST_CASE("loader: verify_checkpoint reports NaN codes, NaN scales and non-finite values per tensor") {

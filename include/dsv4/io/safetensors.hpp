@@ -517,6 +517,40 @@ public:
     const void* address() const { return addr_; }
     std::size_t size() const { return size_; }
 
+    /// Maps every page of the file into this process now (MADV_POPULATE_READ, Linux 5.14+),
+    /// reading from disk what the page cache lacks, so that later reads through the mapping
+    /// take no page fault (a decode step otherwise faults in each routed expert's pages the
+    /// first time it is picked). Returns false, having asked only for readahead
+    /// (MADV_WILLNEED), where the kernel lacks it. Throws dsv4::error naming the file on an
+    /// I/O error or a file cut short since it was mapped (EFAULT), not a SIGBUS.
+    bool populate() const {
+        if (!addr_) return true;
+#ifdef MADV_POPULATE_READ
+        constexpr std::size_t step = std::size_t(1) << 30;  // EINTR resumes at the last step
+        bool supported = true;
+        for (std::size_t at = 0; at < size_ && supported;) {
+            const std::size_t n = std::min(step, size_ - at);
+            if (::madvise(static_cast<char*>(addr_) + at, n, MADV_POPULATE_READ) == 0) {
+                at += n;
+                continue;
+            }
+            const int e = errno;
+            if (e == EINTR || e == EAGAIN) continue;
+            if (e == EINVAL && at == 0) {  // kernel < 5.14: no MADV_POPULATE_READ
+                supported = false;
+                continue;
+            }
+            throw error(path_ + ": cannot populate the mapping (bytes " + std::to_string(at) + ".." +
+                        std::to_string(at + n) + "): " +
+                        (e == EFAULT ? std::string("the file is shorter than when it was mapped")
+                                     : detail::errno_text(e)));
+        }
+        if (supported) return true;
+#endif
+        ::madvise(addr_, size_, MADV_WILLNEED);  // advice only: its failure changes nothing
+        return false;
+    }
+
     /// Bytes of [offset, offset+len) of the mapping that are in the page cache (mincore),
     /// page-granular; the range is clamped to the file.
     uint64_t resident_bytes(uint64_t offset = 0, uint64_t len = UINT64_MAX) const {
@@ -729,6 +763,14 @@ public:
             r.bytes_touched = sum;
         }
         return r;
+    }
+    /// Maps every page of every file now (mapped_file::populate): no page faults later.
+    /// Returns false where the kernel lacks MADV_POPULATE_READ (readahead asked instead).
+    bool populate() const {
+        bool all = true;
+        if (s_)
+            for (const auto& f : s_->files) all = f.map.populate() && all;
+        return all;
     }
     /// Bytes of `t` in the page cache now (mincore; partial pages counted by overlap).
     uint64_t resident_bytes(const tensor_view& t) const {
