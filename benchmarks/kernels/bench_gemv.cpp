@@ -6,10 +6,11 @@
 //   fp8_gemv/<tier>/..., fp8_grouped_gemv/<tier>/8x1024x4096/... (wo_a)   fast FP8 mode
 //                                           (bf16 block activations, vdpbf16ps on avx512_bf16)
 //   fp8_gemv_ref/<tier>/..., fp8_grouped_gemv_ref/<tier>/...              reference mode
-//   bf16_gemv/<tier>/..., f32_gemv/<tier>/...
+//   bf16_gemv/<tier>/..., f32_gemv/<tier>/...   (f32 activations)
+//   bf16_gemv_bf16/<tier>/...               BF16 weights x bf16 activations (the head)
 //   gemv_hot/<fmt>/<tier>/<N>x<K>/m<M>/t1   hot rate per core: one ~1 MiB copy of the weights
 //                                           (L2-resident), one thread, rates over CPU time;
-//                                           fmt fp4, fp4_ref, fp8, fp8_ref, bf16
+//                                           fmt fp4, fp4_ref, fp8, fp8_ref, bf16, bf16_bf16
 //   gemv_hot_core/<fmt>/<tier>/<class>/...  the same (m1) on one core of each core class
 //                                           (hybrid.hpp: P, E; "any" on one-type CPUs)
 // Counters: bytes_per_second (weight bytes), GFLOP/s, bw_frac = achieved bytes/s over the
@@ -252,6 +253,18 @@ const bool registered = [] {
                                 K.bf16_gemv_rows(W, {a.f32.data(), k, m}, {y.data(), nullptr, n}, r0, r1);
                             });
                     });
+                    // bf16 activations (the head: vdpbf16ps on avx512_bf16)
+                    reg("bf16_gemv_bf16/" + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
+                        const auto& K = *dsv4::kernels_for(tier);
+                        auto& ws = weights(fmt::bf16, n, k);
+                        const auto a = make_acts(m, k);
+                        std::vector<float> y(m * n);
+                        run(st, n, double(ws.w_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
+                            [&](std::size_t c, std::size_t r0, std::size_t r1) {
+                                const dsv4::bf16_matrix W{reinterpret_cast<const uint16_t*>(ws.w[c].data()), k, n, k};
+                                K.bf16_gemv_bf16_rows(W, {a.xb.data(), k, m}, {y.data(), nullptr, n}, r0, r1);
+                            });
+                    });
                 }
                 // F32: the hc functions [24, 16384]
                 {
@@ -272,7 +285,7 @@ const bool registered = [] {
         }
         // hot rates per core: ~1 MiB of weights, read from L2 after the first pass
         for (std::size_t m : {std::size_t(1), std::size_t(4)}) {
-            for (const char* f : {"fp4", "fp4_ref", "fp8", "fp8_ref", "bf16"}) {
+            for (const char* f : {"fp4", "fp4_ref", "fp8", "fp8_ref", "bf16", "bf16_bf16"}) {
                 const std::string fs = f;
                 const fmt ff = fs.starts_with("fp4") ? fmt::fp4 : fs.starts_with("fp8") ? fmt::fp8 : fmt::bf16;
                 const std::size_t k = 2048, n = ff == fmt::fp4 ? 1024 : ff == fmt::fp8 ? 512 : 256;
@@ -294,6 +307,8 @@ const bool registered = [] {
                             const dsv4::fp8_matrix W{w, k, ws.s[0].data(), k / 128, n, k};
                             if (fast) K.fp8_gemv_bf16_rows(W, {a.xb.data(), k, a.shift.data(), k / 128, m}, out, r0, r1);
                             else K.fp8_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
+                        } else if (fs == "bf16_bf16") {
+                            K.bf16_gemv_bf16_rows({reinterpret_cast<const uint16_t*>(w), k, n, k}, {a.xb.data(), k, m}, out, r0, r1);
                         } else {
                             K.bf16_gemv_rows({reinterpret_cast<const uint16_t*>(w), k, n, k}, {a.f32.data(), k, m}, out, r0, r1);
                         }

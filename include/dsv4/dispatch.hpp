@@ -43,6 +43,7 @@ template <class Arch> constexpr kernel_table make_kernel_table(tier compiled_for
     t.quantize_q8_row = &kernels::quantize_q8_row<Arch>;
     t.f32_gemv_rows = &kernels::f32_gemv_rows<Arch>;
     t.bf16_gemv_rows = &kernels::bf16_gemv_rows<Arch>;
+    t.bf16_gemv_bf16_rows = &kernels::bf16_gemv_bf16_rows<Arch>;
     t.fp8_gemv_rows = &kernels::fp8_gemv_rows<Arch>;
     t.fp8_grouped_gemv_rows = &kernels::fp8_grouped_gemv_rows<Arch>;
     t.fp8_gemv_bf16_rows = &kernels::fp8_gemv_bf16_rows<Arch>;

@@ -110,6 +110,21 @@ inline void bf16_gemv(const bf16_matrix& w, const f32_rows& x, const gemv_out& y
     DSV4_KERNEL(bf16_gemv_rows)(w, x, y, r0, r1);
 }
 
+/// y = x * w^T for BF16 weights and bf16 activations (the head: its input, the final norm's
+/// output, is bf16): exact products, f32 sums; on avx512_bf16 through vdpbf16ps
+/// (kernels/gemv.hpp, dot_bf16_bf16_row). Same result as bf16_gemv on the widened x up to
+/// the order of the f32 sums.
+inline void bf16_gemv_bf16(const bf16_matrix& w, const bf16_rows& x, const gemv_out& y, std::size_t r0 = 0,
+                           std::size_t r1 = all_rows) {
+    detail::require(w.n == 0 || w.w, "bf16_gemv_bf16", "weight pointer is null");
+    detail::require(w.n <= 1 || w.w_stride >= w.k, "bf16_gemv_bf16", "w_stride smaller than k");
+    detail::require(x.m == 0 || x.x != nullptr, "bf16_gemv_bf16", "x.x is null");
+    detail::require(x.m <= 1 || x.stride >= w.k, "bf16_gemv_bf16", "x.stride smaller than k");
+    detail::check_out(y, x.m, w.n, "bf16_gemv_bf16");
+    detail::check_rows(r0, r1, w.n, "bf16_gemv_bf16");
+    DSV4_KERNEL(bf16_gemv_bf16_rows)(w, x, y, r0, r1);
+}
+
 /// y = x * w^T for FP8 weights with 128x128 block scales (reference mode: x is the
 /// dequantised FP8 activation; or plain bf16 activations, as for wo_a).
 inline void fp8_gemv(const fp8_matrix& w, const f32_rows& x, const gemv_out& y, std::size_t r0 = 0,

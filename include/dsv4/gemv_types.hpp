@@ -36,6 +36,12 @@ struct f32_rows {
     std::size_t stride = 0;  ///< elements between rows
     std::size_t m = 0;
 };
+/// M activation rows of bf16 bit patterns (bf16_gemv_bf16: the head's normed input).
+struct bf16_rows {
+    const uint16_t* x = nullptr;
+    std::size_t stride = 0;  ///< elements between rows
+    std::size_t m = 0;
+};
 /// M activation rows quantised to int8 per 32 (fast FP4 mode), see quantize_q8.
 struct q8_rows {
     const int8_t* q = nullptr;

@@ -40,6 +40,8 @@ struct kernel_table {
     void (*quantize_q8_row)(const uint16_t*, std::size_t, int8_t*, float*, int32_t*) noexcept;
     void (*f32_gemv_rows)(const f32_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*bf16_gemv_rows)(const bf16_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
+    void (*bf16_gemv_bf16_rows)(const bf16_matrix&, const bf16_rows&, const gemv_out&, std::size_t,
+                                std::size_t) noexcept;
     void (*fp8_gemv_rows)(const fp8_matrix&, const f32_rows&, const gemv_out&, std::size_t, std::size_t) noexcept;
     void (*fp8_grouped_gemv_rows)(const fp8_matrix&, std::size_t, const f32_rows&, const gemv_out&, std::size_t,
                                   std::size_t) noexcept;

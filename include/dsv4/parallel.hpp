@@ -46,6 +46,10 @@ inline void bf16_gemv(const bf16_matrix& w, const f32_rows& x, const gemv_out& y
     dsv4::bf16_gemv(w, x, y, 0, 0);
     for_rows(w.n, gemv_grain, [&](std::size_t a, std::size_t b) { dsv4::bf16_gemv(w, x, y, a, b); });
 }
+inline void bf16_gemv_bf16(const bf16_matrix& w, const bf16_rows& x, const gemv_out& y) {
+    dsv4::bf16_gemv_bf16(w, x, y, 0, 0);
+    for_rows(w.n, gemv_grain, [&](std::size_t a, std::size_t b) { dsv4::bf16_gemv_bf16(w, x, y, a, b); });
+}
 inline void fp8_gemv(const fp8_matrix& w, const f32_rows& x, const gemv_out& y) {
     dsv4::fp8_gemv(w, x, y, 0, 0);
     for_rows(w.n, gemv_grain, [&](std::size_t a, std::size_t b) { dsv4::fp8_gemv(w, x, y, a, b); });

@@ -380,6 +380,77 @@ TEST_CASE("gemv: FP8 rows at every kind of block scale (folded into the weights 
     }
 }
 
+TEST_CASE("gemv: BF16 weights x bf16 activations (the head) within the f32 bound; off avx512_bf16 bit-identical "
+          "to bf16_gemv on the widened activations; any row split; padded rows") {
+    rng r(23);
+    const bool dp = dsv4::active_tier() == dsv4::tier::avx512_bf16;  // vdpbf16ps: its own sum order
+    for (const std::size_t k : {std::size_t(4096), std::size_t(200), std::size_t(37)})
+        for (const std::size_t m : {std::size_t(1), std::size_t(2), std::size_t(3), std::size_t(4), std::size_t(5),
+                                    std::size_t(9)}) {
+            const std::size_t n = 67, wpad = 9, xpad = 5;
+            std::vector<uint16_t> w(n * (k + wpad), 0x7FC0), x(m * (k + xpad), 0x7FC0);  // NaN padding
+            for (std::size_t i = 0; i < n; ++i)
+                for (std::size_t j = 0; j < k; ++j) w[i * (k + wpad) + j] = dsv4::f32_to_bf16(0.05f * r.normal());
+            for (std::size_t i = 0; i < m; ++i)
+                for (std::size_t j = 0; j < k; ++j) x[i * (k + xpad) + j] = dsv4::f32_to_bf16(2.0f * r.normal());
+            const dsv4::bf16_matrix W{w.data(), k + wpad, n, k};
+            const dsv4::bf16_rows X{x.data(), k + xpad, m};
+            CAPTURE(k);
+            CAPTURE(m);
+            const auto y = run_both_outputs(m, n, [&](dsv4::gemv_out o) { dsv4::bf16_gemv_bf16(W, X, o); });
+            // exact sums in double, the header's bound (every product is exact in f32)
+            bound_report rep;
+            for (std::size_t i = 0; i < m; ++i)
+                for (std::size_t nn = 0; nn < n; ++nn) {
+                    double exact = 0, mag = 0;
+                    for (std::size_t j = 0; j < k; ++j) {
+                        const double p = double(dsv4::bf16_to_f32(w[nn * (k + wpad) + j])) *
+                                         double(dsv4::bf16_to_f32(x[i * (k + xpad) + j]));
+                        exact += p;
+                        mag += std::fabs(p);
+                    }
+                    rep.add(std::fabs(double(y[i * n + nn]) - exact), double(k) * u32 * mag + double(k) * 0x1p-149);
+                }
+            CHECK(rep.bad == 0);
+            // the widened activations through bf16_gemv: the same bits off avx512_bf16
+            std::vector<float> xf(m * k), y2(m * n);
+            for (std::size_t i = 0; i < m; ++i)
+                for (std::size_t j = 0; j < k; ++j) xf[i * k + j] = dsv4::bf16_to_f32(x[i * (k + xpad) + j]);
+            dsv4::bf16_gemv(W, {xf.data(), k, m}, {y2.data(), nullptr, n});
+            std::size_t differ = 0;
+            for (std::size_t i = 0; i < m * n; ++i) differ += !same_float(y[i], y2[i]);
+            if (!dp) CHECK(differ == 0);
+            // each activation row alone (M = 1) gives the bits it gets in the M tile
+            std::size_t tile_differ = 0;
+            for (std::size_t i = 0; i < m; ++i) {
+                std::vector<float> y1(n);
+                dsv4::bf16_gemv_bf16(W, {x.data() + i * (k + xpad), k, 1}, {y1.data(), nullptr, n});
+                for (std::size_t nn = 0; nn < n; ++nn) tile_differ += !same_float(y1[nn], y[i * n + nn]);
+            }
+            CHECK(tile_differ == 0);
+            // any split of the rows gives the same bits
+            std::vector<float> y3(m * n, -1.0f);
+            for (std::size_t a = 0; a < n;) {
+                const std::size_t b = std::min(n, a + 1 + r.u32() % 20);
+                dsv4::bf16_gemv_bf16(W, X, {y3.data(), nullptr, n}, a, b);
+                a = b;
+            }
+            std::size_t split_differ = 0;
+            for (std::size_t i = 0; i < m * n; ++i) split_differ += !same_float(y[i], y3[i]);
+            CHECK(split_differ == 0);
+        }
+    // the public entry point checks its arguments
+    std::vector<uint16_t> w(64 * 64), x(128);
+    std::vector<float> y(64);
+    const dsv4::bf16_matrix W{w.data(), 64, 64, 64};
+    CHECK_THROWS_WITH_AS(dsv4::bf16_gemv_bf16(W, {nullptr, 64, 1}, {y.data(), nullptr, 64}),
+                         doctest::Contains("bf16_gemv_bf16"), dsv4::error);
+    CHECK_THROWS_AS(dsv4::bf16_gemv_bf16(W, {x.data(), 32, 2}, {y.data(), nullptr, 64}), dsv4::error);
+    CHECK_THROWS_AS(dsv4::bf16_gemv_bf16({w.data(), 32, 64, 64}, {x.data(), 64, 1}, {y.data(), nullptr, 64}),
+                    dsv4::error);
+    CHECK_THROWS_AS(dsv4::bf16_gemv_bf16(W, {x.data(), 64, 1}, {y.data(), nullptr, 64}, 3, 65), dsv4::error);
+}
+
 TEST_CASE("gemv: FP8 and BF16 tiers vs scalar with padded rows") {
     rng r(11);
     const std::size_t n = 131, k = 256, m = 6, wpad = 64;

@@ -16,7 +16,7 @@
 // position only. Activations are bf16 between kernels at exactly the reference's rounding
 // points (forward.py "Precision" and choice 4). FP8 linears: act_quant (block 128) ->
 // exact f32 -> fp8_gemv (reference mode); wo_a: bf16 activations as f32 rows through
-// fp8_grouped_gemv; head: bf16_gemv with f32 logits. With forward_options::numerics fast on
+// fp8_grouped_gemv; head: bf16_gemv_bf16 (the bf16 final norm times the BF16 head) with f32 logits. With forward_options::numerics fast on
 // avx512_bf16, the FP8 linears and wo_a take the same activations as bf16 blocks
 // (to_bf16_blocks, exact) through fp8_gemv_bf16: the same products (on avx512_bf16 less the
 // subnormal weight codes), summed in another order; the routed experts go int8 (moe.hpp).
@@ -285,10 +285,8 @@ private:
         hc_head(m.hc, m.w.hc_head, Hs + first * W, n, hc_head_out{z, nullptr, nullptr}, b.hc);
         rmsnorm(z, n, D, D, m.w.norm, m.eps(), z, D);
         if (diag) diag->final_norm.assign(z + (n - 1) * D, z + n * D);
-        float* zf = ws.take<float>(n * D);
-        decode_bf16(z, zf, n * D);
         const std::size_t V = vocab();
-        par::bf16_gemv(m.w.head, f32_rows{zf, D, n}, gemv_out{out.logits, nullptr, V});
+        par::bf16_gemv_bf16(m.w.head, bf16_rows{z, D, n}, gemv_out{out.logits, nullptr, V});
         if (m.opt.check_finite)
             for (std::size_t i = 0; i < n * V; ++i)
                 if (!std::isfinite(out.logits[i]))

@@ -146,9 +146,7 @@ private:
         uint16_t* z = bb.y;
         hc_head(m.hc, w_.hc_head, X + (S - 1) * W, 1, hc_head_out{z, nullptr, nullptr}, bb.hc);
         rmsnorm(z, 1, D, D, w_.norm, eps, z, D);
-        float* zf = ws.take<float>(D);
-        decode_bf16(z, zf, D);
-        par::bf16_gemv(m.w.head, f32_rows{zf, D, 1}, gemv_out{logits, nullptr, m.cfg.vocab_size});
+        par::bf16_gemv_bf16(m.w.head, bf16_rows{z, D, 1}, gemv_out{logits, nullptr, m.cfg.vocab_size});
         if (m.opt.check_finite)
             for (std::size_t i = 0; i < m.cfg.vocab_size; ++i)
                 if (!std::isfinite(logits[i]))
