@@ -133,7 +133,6 @@ struct moe_run {
     uint32_t* slot_of = nullptr;  ///< [T, k] slot of the token's j-th expert
     uint32_t* fill = nullptr;
     // activations and intermediates (see detail::moe_scratch_layout)
-    float* xf = nullptr;
     uint8_t *xcodes = nullptr, *xscales = nullptr;
     float* xs = nullptr;
     float* xg = nullptr;
@@ -162,7 +161,7 @@ inline namespace DSV4_ISA_NS {
 
 namespace detail {
 enum moe_buf : int {
-    mb_xf, mb_scores, mb_idx, mb_weights, mb_count, mb_offset, mb_fill, mb_active, mb_a_token, mb_a_weight, mb_slot_of,
+    mb_scores, mb_idx, mb_weights, mb_count, mb_offset, mb_fill, mb_active, mb_a_token, mb_a_weight, mb_slot_of,
     mb_xcodes, mb_xscales, mb_xs, mb_xg, mb_xq, mb_xd, mb_xc, mb_xgq, mb_xgd, mb_xgc, mb_h, mb_hcodes, mb_hscales,
     mb_hf, mb_hq, mb_hd, mb_hc, mb_sa, mb_sb, mb_sh, mb_shcodes, mb_shscales, mb_shf, mb_ro, mb_so, mb_xsb, mb_xss, mb_shb, mb_shs, mb_count_
 };
@@ -175,7 +174,6 @@ constexpr moe_layout moe_scratch_layout(const moe_config& c, std::size_t tm) noe
     const std::size_t D = c.dim, I = c.inter, E = c.n_experts, A = tm * c.topk;
     const bool ref = c.numerics == moe_numerics::reference;
     std::size_t sz[mb_count_] = {};
-    sz[mb_xf] = tm * D * 4;
     sz[mb_scores] = tm * E * 4;
     sz[mb_idx] = A * 4;
     sz[mb_weights] = A * 4;
@@ -337,7 +335,6 @@ inline moe_run moe_carve(const moe_config& c, const moe_scratch& s, std::size_t 
     auto at = [&](int b) { return static_cast<void*>(p + l.off[b]); };
     moe_run r;
     r.cfg = &c;
-    r.xf = static_cast<float*>(at(mb_xf));
     r.scores = static_cast<float*>(at(mb_scores));
     r.idx = static_cast<int32_t*>(at(mb_idx));
     r.weights = static_cast<float*>(at(mb_weights));
@@ -401,7 +398,6 @@ inline moe_run moe_begin_impl(const moe_config& c, const moe_weights& w, const u
     r.tokens = tokens;
     r.y = y;
     r.y_stride = y_stride;
-    for (std::size_t t = 0; t < tokens; ++t) decode_bf16(x + t * x_stride, r.xf + t * c.dim, c.dim);
     return r;
 }
 
@@ -430,14 +426,16 @@ inline moe_run moe_begin(const moe_config& c, const moe_weights& w, const uint16
     return detail::moe_begin_impl(c, w, x, x_stride, token_ids, tokens, y, y_stride, s, true, "moe_begin");
 }
 
-/// Phase 1: gate logits l = f32(x) . f32(gate)^T (bf16_gemv) and scores sqrt(softplus(l))
+/// Phase 1: gate logits l = f32(x) . f32(gate)^T (bf16_gemv_bf16 on the bf16 x: exact
+/// products, f32 sums) and scores sqrt(softplus(l))
 /// for experts [r0, r1), every token of the chunk.
 inline void moe_gate_rows(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_rows) {
     detail::check_run(r, "moe_gate_rows");
     const moe_config& c = *r.cfg;
     detail::check_rows(r0, r1, c.n_experts, "moe_gate_rows");
     if (r.tokens == 0 || r0 == r1) return;
-    bf16_gemv(r.w->gate.gate, f32_rows{r.xf, c.dim, r.tokens}, gemv_out{r.scores, nullptr, c.n_experts}, r0, r1);
+    bf16_gemv_bf16(r.w->gate.gate, bf16_rows{r.x, r.x_stride, r.tokens}, gemv_out{r.scores, nullptr, c.n_experts}, r0,
+                   r1);
     for (std::size_t t = 0; t < r.tokens; ++t)
         for (std::size_t e = r0; e < r1; ++e) {
             float& v = r.scores[t * c.n_experts + e];
