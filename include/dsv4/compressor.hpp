@@ -85,8 +85,8 @@ struct compressor_state {
     int64_t next_pos = 0;      ///< position of the next token (tokens seen since the reset)
 };
 
-/// Tokens projected per GEMV call in a prefill: their f32 rows (32 x dim, 512 KiB at dim
-/// 4096) stay in L2 while every weight row meets all of them (bf16_gemv at M = 32 runs ~20 %
+/// Tokens projected per GEMV call in a prefill: their bf16 rows (32 x dim, 256 KiB at dim
+/// 4096) stay in L2 while every weight row meets all of them (bf16_gemv at M = 32 ran ~20 %
 /// faster per token than at M = 16 on Zen 5).
 inline constexpr std::size_t compressor_proj_tokens = 32;
 
@@ -121,7 +121,8 @@ inline void compressor_state_init(compressor_state& s, const compressor_config& 
 inline std::size_t compressor_scratch_bytes(const compressor_config& cfg, std::size_t dim) noexcept {
     const std::size_t r = cfg.ratio ? cfg.ratio : 1, cd = compressor_c(r) * cfg.head_dim, ch = compressor_chunk_tokens(r);
     auto up = [](std::size_t n) { return (n + 15) / 16 * 16; };
-    return (up(compressor_proj_tokens * dim) + up(ch * 2 * cd) + up(ch / r * cfg.head_dim)) * sizeof(float) + 64;
+    (void)dim;  // the projections read the bf16 rows in place
+    return (up(ch * 2 * cd) + up(ch / r * cfg.head_dim)) * sizeof(float) + 64;
 }
 
 namespace detail {
@@ -155,7 +156,7 @@ inline void check_cache(const compressor_cache& c, std::size_t rows, std::size_t
 struct compressor_fns {
     decltype(DSV4_KERNEL(decode_bf16)) decode = DSV4_KERNEL(decode_bf16);
     decltype(DSV4_KERNEL(encode_bf16)) encode = DSV4_KERNEL(encode_bf16);
-    decltype(DSV4_KERNEL(bf16_gemv_rows)) gemv = DSV4_KERNEL(bf16_gemv_rows);
+    decltype(DSV4_KERNEL(bf16_gemv_bf16_rows)) gemv = DSV4_KERNEL(bf16_gemv_bf16_rows);
     decltype(DSV4_KERNEL(compressor_pool_row)) pool = DSV4_KERNEL(compressor_pool_row);
     decltype(DSV4_KERNEL(rmsnorm_row)) norm = DSV4_KERNEL(rmsnorm_row);
     decltype(DSV4_KERNEL(rope_rows)) rope = DSV4_KERNEL(rope_rows);
@@ -168,10 +169,11 @@ inline float* align64(void* p) noexcept {
     return reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(p) + 63) & ~std::uintptr_t(63));
 }
 
-/// K | Z of m tokens at positions p0.. (x: f32 rows) for output features [f0, f1) of
-/// [0, 2cd): features < cd are K (wkv), the others Z (wgate, + ape[p mod r]).
+/// K | Z of m tokens at positions p0.. (x: bf16 rows, exact products with the BF16 weights)
+/// for output features [f0, f1) of [0, 2cd): features < cd are K (wkv), the others Z
+/// (wgate, + ape[p mod r]).
 inline void compressor_project_range(const compressor_fns& k, const compressor_weights& w, const compressor_config& cfg,
-                                     const f32_rows& x, int64_t p0, float* kout, float* zout, std::size_t out_stride,
+                                     const bf16_rows& x, int64_t p0, float* kout, float* zout, std::size_t out_stride,
                                      std::size_t f0, std::size_t f1) {
     const std::size_t cd = w.wkv.n;
     if (f0 < cd) k.gemv(w.wkv, x, gemv_out{kout, nullptr, out_stride}, f0, std::min(f1, cd));
@@ -253,16 +255,14 @@ std::size_t compressor_prefill_on(Exec&& ex, compressor_state& s, const compress
 
     const detail::compressor_fns k;
     const std::size_t ch = compressor_chunk_tokens(r), pt = compressor_proj_tokens;
-    float* xf = detail::align64(scratch);
-    float* kz = xf + (pt * dim + 15) / 16 * 16;  // [ch][2cd]: K | Z per token
+    float* kz = detail::align64(scratch);  // [ch][2cd]: K | Z per token
     float* pooled = kz + (ch * 2 * cd + 15) / 16 * 16;
     const std::size_t kzs = 2 * cd;
     for (std::size_t t0 = 0; t0 < S; t0 += ch) {
         const std::size_t ct = std::min(ch, S - t0), nw = ct / r;
         for (std::size_t q0 = 0; q0 < ct; q0 += pt) {
             const std::size_t m = std::min(pt, ct - q0);
-            for (std::size_t t = 0; t < m; ++t) k.decode(x + (t0 + q0 + t) * x_stride, xf + t * dim, dim);
-            const f32_rows xr{xf, dim, m};
+            const bf16_rows xr{x + (t0 + q0) * x_stride, x_stride, m};
             float* ko = kz + q0 * kzs;
             ex(2 * cd, exec_row_grain, [&](std::size_t f0, std::size_t f1) {
                 detail::compressor_project_range(k, w, cfg, xr, int64_t(t0 + q0), ko, ko + cd, kzs, f0, f1);
@@ -323,13 +323,11 @@ bool compressor_decode_on(Exec&& ex, compressor_state& s, const compressor_weigh
     if (p == 0) compressor_reset(s);
 
     const detail::compressor_fns k;
-    float* xf = detail::align64(scratch);
-    float* pooled = xf + (compressor_proj_tokens * dim + 15) / 16 * 16;
-    k.decode(x_row, xf, dim);
+    float* pooled = detail::align64(scratch);
     const std::size_t slot = (overlap ? r : 0) + std::size_t(p) % r;
     float* kslot = s.kv.data() + slot * cd;
     float* zslot = s.score.data() + slot * cd;
-    const f32_rows xr{xf, dim, 1};
+    const bf16_rows xr{x_row, dim, 1};
     ex(2 * cd, exec_row_grain, [&](std::size_t f0, std::size_t f1) {
         detail::compressor_project_range(k, w, cfg, xr, p, kslot, zslot, cd, f0, f1);
     });
@@ -361,14 +359,12 @@ std::size_t compressor_append_on(Exec&& ex, compressor_state& s, const compresso
 
     const detail::compressor_fns k;
     const std::size_t pt = compressor_proj_tokens, kzs = 2 * cd;
-    float* xf = detail::align64(scratch);
-    float* kz = xf + (pt * dim + 15) / 16 * 16;  // [pt][2cd]: K | Z per token
+    float* kz = detail::align64(scratch);  // [pt][2cd]: K | Z per token
     float* pooled = kz + (compressor_chunk_tokens(r) * kzs + 15) / 16 * 16;
     std::size_t emitted = 0;
     for (std::size_t t0 = 0; t0 < S; t0 += pt) {
         const std::size_t m = std::min(pt, S - t0);
-        for (std::size_t t = 0; t < m; ++t) k.decode(x + (t0 + t) * x_stride, xf + t * dim, dim);
-        const f32_rows xr{xf, dim, m};
+        const bf16_rows xr{x + t0 * x_stride, x_stride, m};
         ex(2 * cd, exec_row_grain, [&](std::size_t f0, std::size_t f1) {
             detail::compressor_project_range(k, w, cfg, xr, p0 + int64_t(t0), kz, kz + cd, kzs, f0, f1);
         });
