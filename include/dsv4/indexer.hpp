@@ -139,7 +139,8 @@ inline void indexer_query(const fp8_matrix& wq_b, const rope_table& rope, const 
 // ------------------------------------------------------------------ step 4: head weights
 
 inline std::size_t indexer_head_weights_scratch_bytes(std::size_t dim, std::size_t heads, std::size_t m) noexcept {
-    return detail::bytes64(m * dim, sizeof(float)) + detail::bytes64(m * heads, sizeof(float)) + 64;
+    (void)dim;  // x is read in place (bf16_gemv_bf16)
+    return detail::bytes64(m * heads, sizeof(float)) + 64;
 }
 
 /// w [m, H] bf16 (rows w_stride apart) from x [m, dim] bf16.
@@ -155,7 +156,6 @@ void indexer_head_weights_on(Exec&& ex, const bf16_matrix& weights_proj, const u
                     "scratch smaller than indexer_head_weights_scratch_bytes(dim, heads, m)");
     if (m == 0) return;
     detail::arena ar(scratch);
-    (void)ar.take<float>(m * dim);  // (was the widened x: the scratch size stays as documented)
     float* y = ar.take<float>(m * H);
     const auto gemv = DSV4_KERNEL(bf16_gemv_bf16_rows);  // exact products from the bf16 x
     const bf16_rows xr{x, x_stride, m};
