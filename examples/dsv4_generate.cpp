@@ -58,6 +58,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -304,8 +305,10 @@ int run(int argc, char** argv) {
         if (m.streamer()) throw usage_error("--populate maps the whole checkpoint: not with a --ram-budget below the routed experts");
         const auto p0 = clock::now();
         const bool full = m.weights().populate();
-        std::printf("populate: %.2f GB mapped in %.2f s%s\n", double(m.weights().memory().bytes_mapped) * 1e-9,
-                    std::chrono::duration<double>(clock::now() - p0).count(),
+        const double s = std::chrono::duration<double>(clock::now() - p0).count();
+        uint64_t bytes = 0;  // the files' sizes (memory() would walk every page again)
+        for (const auto& f : m.weights().files()) bytes += std::filesystem::file_size(f);
+        std::printf("populate: %.2f GB mapped in %.2f s%s\n", double(bytes) * 1e-9, s,
                     full ? "" : " (kernel without MADV_POPULATE_READ: readahead only)");
     }
     const double load_s = std::chrono::duration<double>(clock::now() - t0).count();

@@ -242,29 +242,21 @@ const bool registered = [] {
                 // BF16: gate 256x4096, head 129280x4096
                 for (const auto& nk : {std::pair<std::size_t, std::size_t>{256, 4096}, {129280, 4096}}) {
                     const std::size_t n = nk.first, k = nk.second;
-                    reg("bf16_gemv/" + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
-                        const auto& K = *dsv4::kernels_for(tier);
-                        auto& ws = weights(fmt::bf16, n, k);
-                        const auto a = make_acts(m, k);
-                        std::vector<float> y(m * n);
-                        run(st, n, double(ws.w_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
-                            [&](std::size_t c, std::size_t r0, std::size_t r1) {
-                                const dsv4::bf16_matrix W{reinterpret_cast<const uint16_t*>(ws.w[c].data()), k, n, k};
-                                K.bf16_gemv_rows(W, {a.f32.data(), k, m}, {y.data(), nullptr, n}, r0, r1);
-                            });
-                    });
-                    // bf16 activations (the head: vdpbf16ps on avx512_bf16)
-                    reg("bf16_gemv_bf16/" + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
-                        const auto& K = *dsv4::kernels_for(tier);
-                        auto& ws = weights(fmt::bf16, n, k);
-                        const auto a = make_acts(m, k);
-                        std::vector<float> y(m * n);
-                        run(st, n, double(ws.w_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
-                            [&](std::size_t c, std::size_t r0, std::size_t r1) {
-                                const dsv4::bf16_matrix W{reinterpret_cast<const uint16_t*>(ws.w[c].data()), k, n, k};
-                                K.bf16_gemv_bf16_rows(W, {a.xb.data(), k, m}, {y.data(), nullptr, n}, r0, r1);
-                            });
-                    });
+                    // f32 activations, and bf16 ones (the head: vdpbf16ps on avx512_bf16)
+                    for (const bool bx : {false, true})
+                        reg((bx ? "bf16_gemv_bf16/" : "bf16_gemv/") + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
+                            const auto& K = *dsv4::kernels_for(tier);
+                            auto& ws = weights(fmt::bf16, n, k);
+                            const auto a = make_acts(m, k);
+                            std::vector<float> y(m * n);
+                            run(st, n, double(ws.w_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
+                                [&](std::size_t c, std::size_t r0, std::size_t r1) {
+                                    const dsv4::bf16_matrix W{reinterpret_cast<const uint16_t*>(ws.w[c].data()), k, n, k};
+                                    const dsv4::gemv_out out{y.data(), nullptr, n};
+                                    if (bx) K.bf16_gemv_bf16_rows(W, {a.xb.data(), k, m}, out, r0, r1);
+                                    else K.bf16_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
+                                });
+                        });
                 }
                 // F32: the hc functions [24, 16384]
                 {

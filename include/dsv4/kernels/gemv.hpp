@@ -106,8 +106,18 @@ DSV4_INLINE void dot_f32_row(const float* w, std::size_t k, const float* const* 
         for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(w[i], x[j][i], y[j]);
 }
 
-template <class Arch, std::size_t MT>
-DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* const* x, float* y) noexcept {
+/// Activation element i of an f32 or a bf16 row, as f32 (scalar / one vector).
+DSV4_INLINE float act_f32(const float* x, std::size_t i) noexcept { return x[i]; }
+DSV4_INLINE float act_f32(const uint16_t* x, std::size_t i) noexcept { return bf16_to_f32(x[i]); }
+template <class Arch> DSV4_INLINE simd::vf32<Arch> act_vec(const float* x) noexcept {
+    return simd::vf32<Arch>::load_unaligned(x);
+}
+template <class Arch> DSV4_INLINE simd::vf32<Arch> act_vec(const uint16_t* x) noexcept { return simd::load_bf16<Arch>(x); }
+
+/// BF16 row against f32 activations (T = float) or widened bf16 ones (T = uint16_t: the
+/// same sums as on their f32 values).
+template <class Arch, std::size_t MT, class T>
+DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const T* const* x, float* y) noexcept {
     std::size_t i = 0;
     if constexpr (!simd::is_scalar<Arch>) {
         using vf = simd::vf32<Arch>;
@@ -119,8 +129,8 @@ DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* con
             const vf w0 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, w + i));
             const vf w1 = vec::bf16_to_f32<Arch>(simd::load_u16_as_i32(Arch{}, w + i + W));
             for (std::size_t j = 0; j < MT; ++j) {
-                acc[j][0] = simd::fmadd(w0, vf::load_unaligned(x[j] + i), acc[j][0]);
-                acc[j][1] = simd::fmadd(w1, vf::load_unaligned(x[j] + i + W), acc[j][1]);
+                acc[j][0] = simd::fmadd(w0, act_vec<Arch>(x[j] + i), acc[j][0]);
+                acc[j][1] = simd::fmadd(w1, act_vec<Arch>(x[j] + i + W), acc[j][1]);
             }
         }
         for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j][0] + acc[j][1]);
@@ -129,7 +139,7 @@ DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* con
     }
     for (; i < k; ++i) {
         const float wi = bf16_to_f32(w[i]);
-        for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(wi, x[j][i], y[j]);
+        for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(wi, act_f32(x[j], i), y[j]);
     }
 }
 
@@ -144,9 +154,9 @@ DSV4_INLINE void dot_bf16_row(const uint16_t* w, std::size_t k, const float* con
 /// prefetch on the vdpbf16ps path: on Zen 4 it cost 0.05-0.08 of the ceiling there.
 template <class Arch, std::size_t MT>
 DSV4_INLINE void dot_bf16_bf16_row(const uint16_t* w, std::size_t k, const uint16_t* const* x, float* y) noexcept {
-    std::size_t i = 0;
 #if defined(__AVX512BF16__)
     if constexpr (std::is_base_of_v<arch::avx512_bf16, Arch>) {
+        std::size_t i = 0;
         // four vdpbf16ps chains per row whatever MT (16 of the 32 zmm at MT = 4): one sum
         // order for every M tile, so a row's logits do not depend on the other rows
         constexpr std::size_t NC = 4;
@@ -179,27 +189,7 @@ DSV4_INLINE void dot_bf16_bf16_row(const uint16_t* w, std::size_t k, const uint1
         return;
     }
 #endif
-    if constexpr (!simd::is_scalar<Arch>) {
-        using vf = simd::vf32<Arch>;
-        constexpr std::size_t W = simd::lanes<Arch>();
-        vf acc[MT][2];
-        for (auto& a : acc) a[0] = a[1] = vf(0.0f);
-        for (; i + 2 * W <= k; i += 2 * W) {
-            if (W == 16 || i % (4 * W) == 0) simd::prefetch_weights<1>(w + i);
-            const vf w0 = simd::load_bf16<Arch>(w + i), w1 = simd::load_bf16<Arch>(w + i + W);
-            for (std::size_t j = 0; j < MT; ++j) {
-                acc[j][0] = simd::fmadd(w0, simd::load_bf16<Arch>(x[j] + i), acc[j][0]);
-                acc[j][1] = simd::fmadd(w1, simd::load_bf16<Arch>(x[j] + i + W), acc[j][1]);
-            }
-        }
-        for (std::size_t j = 0; j < MT; ++j) y[j] = hsum<Arch>(acc[j][0] + acc[j][1]);
-    } else {
-        for (std::size_t j = 0; j < MT; ++j) y[j] = 0.0f;
-    }
-    for (; i < k; ++i) {
-        const float wi = bf16_to_f32(w[i]);
-        for (std::size_t j = 0; j < MT; ++j) y[j] = std::fma(wi, bf16_to_f32(x[j][i]), y[j]);
-    }
+    dot_bf16_row<Arch, MT>(w, k, x, y);
 }
 
 /// E8M0 exponents e for which the AVX-512 FP8 row folds the block scale into the weights:
