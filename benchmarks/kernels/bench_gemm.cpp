@@ -1,9 +1,10 @@
 // Small-M FP8 GEMM (kernels/gemm_fp8.hpp) at V4-Flash shapes, as the prefill runs it: M in
-// {8, 16, 32, 64} activation rows, the row-range kernels split over threads as par:: does
-// (grain 32). One weight copy per shape, re-read every iteration (the GEMM is compute-bound
+// {4, 5, 8, 16, 32, 64} activation rows (4: the row kernel, 5: the GEMM's first size), the
+// row-range kernels split over threads as par:: does (grain 32). One weight copy per shape, re-read every iteration (the GEMM is compute-bound
 // from M = 8: 16 flops per weight byte).
 //   gemm_fp8/<tier>/<name>/m<M>/t<T>       fast FP8 mode (fp8_gemv_bf16_rows: the GEMM from
-//                                          fp8_gemm_min_m rows on avx512_bf16, rows elsewhere)
+//                                          fp8_gemm_min_m rows, bf16 dot products on
+//                                          avx512_bf16, f32 FMAs on the other SIMD tiers)
 //   gemm_fp8_ref/<tier>/<name>/m<M>/t<T>   reference mode (fp8_gemv_rows, f32 activations)
 // Shapes: wq_a 1024x4096, wq_b 32768x1024, wkv 512x4096, wo_a 8 groups of 1024x4096,
 // wo_b 4096x8192, shared expert w1/w3 2048x4096 and w2 4096x2048.
@@ -69,7 +70,7 @@ void bm_gemm_fp8(benchmark::State& st, dsv4::tier t, shape s, std::size_t m, int
 const bool registered = [] {
     for (dsv4::tier t : bench::tiers())
         for (int th : bench::thread_counts())
-            for (std::size_t m : {8, 16, 32, 64})
+            for (std::size_t m : {4, 5, 8, 16, 32, 64})
                 for (const shape& s : shapes)
                     for (bool fast : {true, false})
                         benchmark::RegisterBenchmark((std::string(fast ? "gemm_fp8/" : "gemm_fp8_ref/") +

@@ -149,20 +149,32 @@ inline void check_grouped_fp8(const fp8_matrix& w, std::size_t groups, const cha
 }
 }  // namespace detail
 
-/// Whether fp8_gemv_bf16 beats fp8_gemv for m activation rows on the kernels in use: on
-/// avx512_bf16 always (vdpbf16ps, 1.6x the hot rate); on the AVX2 tiers for m = 1 only
-/// (integer decode and parity-split f32 FMAs, no F16C: 1.15-1.2x the reference path's hot
-/// rate on Zen 4; from m = 2 widening the bf16 activations once per weight row costs more
-/// than the reference path's f32 loads); not on AVX-512 without BF16 (the same f32 math as
-/// the reference path there, no faster).
-inline bool fp8_bf16_preferred(std::size_t m = 1) {
+namespace detail {
+inline tier fp8_tier() {
 #if DSV4_RUNTIME_DISPATCH
-    const tier t = active_kernels().compiled_for;
+    return active_kernels().compiled_for;
 #else
-    const tier t = compiled_tier;
+    return compiled_tier;
 #endif
-    return t >= tier::avx512_bf16 || (m == 1 && (t == tier::avx2 || t == tier::avx2_vnni));
 }
+}  // namespace detail
+
+/// Whether fp8_gemv_bf16 beats fp8_gemv for m activation rows on the kernels in use: on
+/// avx512_bf16 always (vdpbf16ps, 1.6x the hot rate); on the other SIMD tiers from
+/// kernels::fp8_gemm_min_m rows (the small-M GEMM of kernels/gemm_fp8.hpp on f32 FMAs:
+/// 1.2-1.9x the reference path's row kernel at M = 8-64 on Zen 4, docs/kernels/gemm.md) and,
+/// on the AVX2 tiers, for m = 1 (integer decode and parity-split f32 FMAs, no F16C: 1.15-1.2x
+/// the reference path's hot rate on Zen 4; at m = 2..4 widening the bf16 activations once per
+/// weight row costs more than the reference path's f32 loads); never on the scalar tier.
+inline bool fp8_bf16_preferred(std::size_t m = 1) {
+    const tier t = detail::fp8_tier();
+    if (t == tier::scalar) return false;
+    return t >= tier::avx512_bf16 || m >= kernels::fp8_gemm_min_m || (m == 1 && (t == tier::avx2 || t == tier::avx2_vnni));
+}
+
+/// Whether fp8_bf16_preferred(m) holds for some m: callers that size buffers once for any
+/// row count.
+inline bool fp8_bf16_possible() { return detail::fp8_tier() != tier::scalar; }
 
 /// y = x * w^T for FP8 weights, fast mode (x: to_bf16_blocks output). The fastest FP8 path
 /// on avx512_bf16 (vdpbf16ps) and, for one token, on the AVX2 tiers; other tiers compute

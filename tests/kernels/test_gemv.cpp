@@ -676,6 +676,10 @@ TEST_CASE("gemv: FP8 fast mode uses subnormal weight codes exactly except on avx
     const dsv4::tier t = active().compiled_for;
     CHECK(dsv4::fp8_bf16_preferred(1) == (t == dsv4::tier::avx2 || t == dsv4::tier::avx2_vnni || t == dsv4::tier::avx512_bf16));
     CHECK(dsv4::fp8_bf16_preferred(2) == (t == dsv4::tier::avx512_bf16));
+    CHECK(dsv4::fp8_bf16_preferred(dsv4::kernels::fp8_gemm_min_m - 1) == (t == dsv4::tier::avx512_bf16));
+    CHECK(dsv4::fp8_bf16_preferred(dsv4::kernels::fp8_gemm_min_m) == (t != dsv4::tier::scalar));  // the GEMM
+    CHECK(dsv4::fp8_bf16_preferred(64) == (t != dsv4::tier::scalar));
+    CHECK(dsv4::fp8_bf16_possible() == (t != dsv4::tier::scalar));
 }
 
 TEST_CASE("gemv: FP8 fast mode propagates non-finite activations and NaN scales") {
@@ -700,8 +704,8 @@ TEST_CASE("gemv: FP8 fast mode propagates non-finite activations and NaN scales"
     for (float v : y) CHECK(std::isnan(v));
 }
 
-TEST_CASE("gemv: FP8 fast mode small-M GEMM (M = 4..64, kernels/gemm_fp8.hpp) within its bound, any row split") {
-    // M >= fp8_gemm_min_m = 5 runs the GEMM on avx512_bf16 (the row kernel elsewhere and for M = 4):
+TEST_CASE("gemv: FP8 fast mode small-M GEMM (M = 4..70, kernels/gemm_fp8.hpp) within its bound, any row split") {
+    // M >= fp8_gemm_min_m = 5 runs the GEMM on every SIMD tier (the row kernel on scalar and for M = 4):
     // every output within (128 + K/128) * 2^-24 * sum|a w| of the exact sum of the products the
     // fast path keeps (fp8_fast_expect's dropped terms added), within both bounds of the scalar
     // tier, and bit-identical whatever the row split (awkward r0 / r1 across panels and 128-row
@@ -721,7 +725,9 @@ TEST_CASE("gemv: FP8 fast mode small-M GEMM (M = 4..64, kernels/gemm_fp8.hpp) wi
         for (std::size_t b = 0; b < nb; ++b) sc[i * (nb + 1) + b] = uint8_t(i == 2 && b == 1 ? 3 : 112 + r.u32() % 12);
     const dsv4::fp8_matrix W{w.data(), k + wpad, sc.data(), nb + 1, n, k};
     const double u = 0x1p-24;
-    for (std::size_t m : {std::size_t(4), std::size_t(5), std::size_t(8), std::size_t(13), std::size_t(32), std::size_t(64)}) {
+    // 24: two full 12-row tiles of the AVX-512 f32 variant; 70: a second 64-row chunk
+    for (std::size_t m : {std::size_t(4), std::size_t(5), std::size_t(8), std::size_t(13), std::size_t(24), std::size_t(32),
+                          std::size_t(64), std::size_t(70)}) {
         CAPTURE(m);
         const std::size_t xs = k + 24;
         std::vector<float> a(m * xs, std::numeric_limits<float>::quiet_NaN());
@@ -744,6 +750,11 @@ TEST_CASE("gemv: FP8 fast mode small-M GEMM (M = 4..64, kernels/gemm_fp8.hpp) wi
             a0 = b;
         }
         CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+        if (m > 5) {  // an (m, n) is the same bits in any M (tile sizes and chunks differ)
+            std::vector<float> y5(5 * n);
+            active().fp8_gemv_bf16_rows(W, {xb.data(), k + 8, sh.data(), nb + 2, 5}, {y5.data(), nullptr, n}, 0, n);
+            CHECK(std::memcmp(y1.data(), y5.data(), y5.size() * 4) == 0);
+        }
         bound_report rep, rep_scalar;
         for (std::size_t i = 0; i < m; ++i)
             for (std::size_t j = 0; j < n; ++j) {

@@ -1,26 +1,34 @@
 // dsv4/kernels/gemm_fp8.hpp - register-blocked small-M GEMM for FP8 weights (e4m3, E8M0 per
-// 128x128 block), fast numerics on avx512_bf16: y[m, n] = sum_k x[m, k] * w[n, k] for M >=
+// 128x128 block), fast numerics, every SIMD tier: y[m, n] = sum_k x[m, k] * w[n, k] for M >=
 // fp8_gemm_min_m activation rows (prefill chunks, extend, MTP verification of long drafts).
 //
 // Why: the row kernels (gemv.hpp) decode a weight row once per M tile of 4 activation rows,
 // so at M = 32 the decode runs 8 times and costs as much as the dot products. Here a panel
-// of up to 32 output rows x one 128-k block is transposed (e4m3 byte pairs) and decoded once
-// to bf16 pairs, so that one zmm holds the pair (w[n][2p], w[n][2p+1]) of 16 output rows, into
-// a buffer on the stack (8 KiB); a micro-kernel then runs every activation row over it in
-// tiles of 8 rows x 32 columns: per k pair, 2 weight loads and 8 broadcasts feed 16 vdpbf16ps.
+// of output rows x one 128-k block is transposed (e4m3 byte pairs, 16x16 on ymm) and decoded
+// once into a buffer on the stack; a micro-kernel then runs every activation row over it:
+//  * avx512_bf16 (bf16_variant): 32 output rows decoded to bf16 pairs, one zmm holding the
+//    pair (w[n][2p], w[n][2p+1]) of 16 rows (8 KiB); tiles of 8 rows x 32 columns: per k
+//    pair, 2 weight loads and 8 activation-pair broadcasts feed 16 vdpbf16ps.
+//  * AVX2 tiers and AVX-512 without BF16 (f32_variant): 2 x lanes output rows (16 on ymm,
+//    32 on zmm) decoded to f32, panel[k][n] (8 / 16 KiB); the tile's activation rows widened
+//    to f32 once per block (3 / 6 KiB); tiles of 6 (AVX2) or 12 (AVX-512) rows x 2 vectors:
+//    per k, 2 weight loads and one broadcast per row feed 2 FMAs per row (12 or 24
+//    accumulators). The AVX2 tiers are the Core Ultra's (no bf16 dot product there).
 //
-// Numerics (fast FP8 mode, same products as dot_fp8_bf16_row): weights e4m3 * 2^-120 as bf16
-// (subnormal codes read as zero by vdpbf16ps, as on the row path), activations bf16 per block
+// Numerics (fast FP8 mode, same products as dot_fp8_bf16_row): weights e4m3 * 2^-120 (bf16 or
+// f32: every value exact; subnormal codes read as zero by vdpbf16ps on avx512_bf16, exact
+// f32 subnormals on the f32 variant, as on each tier's row path), activations bf16 per block
 // of 128 with their power-of-two shift; every (m, n) gets one f32 partial per 128-block (a
-// chain of 64 vdpbf16ps steps, 128 exact products), scaled once by 2^(e - 127 + 120 - shift)
-// and added to an f32 accumulator in block order (one FMA, fp8_bf16_block_fma). Only the
-// summation order inside a block and across blocks differs from the row path, so
+// chain of 64 vdpbf16ps steps or of 128 FMAs, 128 exact products), scaled once by
+// 2^(e - 127 + 120 - shift) and added to an f32 accumulator in block order (one FMA,
+// fp8_bf16_block_fma). Only the summation order inside a block and across blocks differs
+// from the row path, so
 //   |y_gemm - S| <= (128 + K/128) * 2^-24 * sum_k |a_k w_k|   (+ the output rounding)
-// for the exact S of the same (DAZ) products; the row path's bound is K * 2^-24 * sum|a w|,
-// so the two differ by at most the sum of both. Each (m, n) is computed by the same
+// for the exact S of the same products; the row path's bound is K * 2^-24 * sum|a w|, so
+// the two differ by at most the sum of both. Each (m, n) is computed by the same
 // instruction sequence whatever [r0, r1), the M tiling or the panel width: results do not
-// depend on the row split. Tiers other than avx512_bf16 keep the row path (a dispatch
-// choice: fp8_gemm_bf16_rows returns false there).
+// depend on the row split. The scalar tier keeps the row path (fp8_gemm_bf16_rows returns
+// false there). Stack: at most 30 KiB (f32 variant on AVX-512), no heap, no state.
 #pragma once
 
 #include "../gemv_types.hpp"
@@ -32,14 +40,10 @@ namespace kernels {
 
 namespace gemm_fp8_detail {
 
-inline constexpr std::size_t panel_n = 32;  // output rows per panel (two zmm of 16 lanes)
-inline constexpr std::size_t tile_m = 8;    // activation rows per micro-tile (16 accumulators)
-inline constexpr std::size_t chunk_m = 64;  // activation rows per f32 accumulator tile (8 KiB)
-
-#if defined(__AVX512BF16__)
+#if defined(__AVX2__)
 /// 16x16 transpose of 16-bit elements in ymm registers (r[i] element j -> r[j] element i):
 /// 64 in-lane unpacks and lane permutes, half the cost of the same on zmm. Used on the raw
-/// e4m3 byte pairs, before the decode doubles their width.
+/// e4m3 byte pairs, before the decode widens them.
 DSV4_INLINE void transpose16x16_epi16(__m256i* r) noexcept {
     __m256i a[16], b[16];
     for (int i = 0; i < 8; ++i) {  // a[2i + h], lane L: 32-bit (row 2i, 2i+1) of columns 8L + 4h + 0..3
@@ -60,119 +64,255 @@ DSV4_INLINE void transpose16x16_epi16(__m256i* r) noexcept {
         }
 }
 
-/// Decodes one 128-k block of weight rows [0, nr) (nr <= 32; rows at stride `stride` bytes)
-/// into panel[p * 32 + c] = bf16 pair (w[c][2p], w[c][2p + 1]) * 2^-120, p < 64; columns c >=
-/// nr are zero. The byte pairs are transposed first, then decoded as fp8_to_bf16_bits does.
-/// The rows' next block (the next call's) is prefetched: 32 row streams are more than the
-/// hardware prefetchers follow.
-DSV4_INLINE void pack_bf16_panel(const uint8_t* w, std::size_t stride, std::size_t nr, uint32_t* panel) noexcept {
-    for (std::size_t c0 = 0; c0 < panel_n; c0 += 16)
-        for (std::size_t q = 0; q < 4; ++q) {  // k pairs [16q, 16q + 16): 32 bytes of each row
-            __m256i r[16];
-            if (q < 2)
-                for (std::size_t i = 0; i < 16 && c0 + i < nr; ++i)
-                    _mm_prefetch(reinterpret_cast<const char*>(w + (c0 + i) * stride + 128 + 64 * q), _MM_HINT_T0);
-            for (std::size_t i = 0; i < 16; ++i)
-                r[i] = c0 + i < nr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (c0 + i) * stride + 32 * q))
-                                   : _mm256_setzero_si256();
-            transpose16x16_epi16(r);
-            for (std::size_t i = 0; i < 16; ++i) {
-                const __m512i v = _mm512_cvtepi8_epi16(r[i]);
-                _mm512_store_si512(panel + (16 * q + i) * panel_n + c0,
-                                   _mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16(int16_t(0x87F0))));
-            }
-        }
+/// Loads 32 bytes (k pairs [16q, 16q + 16)) of weight rows c0 .. c0 + 15 of a block (rows
+/// >= nr as zeros), prefetches the rows' next block (32 row streams are more than the
+/// hardware prefetchers follow) and transposes: r[i] = the 16 rows' byte pairs of k pair
+/// 16q + i.
+DSV4_INLINE void load_pairs_transposed(const uint8_t* w, std::size_t stride, std::size_t nr, std::size_t c0,
+                                       std::size_t q, __m256i* r) noexcept {
+    if (q < 2)
+        for (std::size_t i = 0; i < 16 && c0 + i < nr; ++i)
+            _mm_prefetch(reinterpret_cast<const char*>(w + (c0 + i) * stride + 128 + 64 * q), _MM_HINT_T0);
+    for (std::size_t i = 0; i < 16; ++i)
+        r[i] = c0 + i < nr ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (c0 + i) * stride + 32 * q))
+                           : _mm256_setzero_si256();
+    transpose16x16_epi16(r);
 }
 
-/// MT activation rows x 32 columns over one packed block: p[j][h] (lanes = columns 16h..16h+15)
-/// = sum over the block's 64 k pairs, one vdpbf16ps chain per accumulator.
-template <std::size_t MT>
-DSV4_INLINE void bf16_tile(const uint32_t* panel, const uint16_t* const* x, __m512* p) noexcept {
-    for (std::size_t i = 0; i < 2 * MT; ++i) p[i] = _mm512_setzero_ps();
-    for (std::size_t kp = 0; kp < 64; ++kp) {
-        const __m512bh b0 = (__m512bh)_mm512_load_si512(panel + kp * panel_n);
-        const __m512bh b1 = (__m512bh)_mm512_load_si512(panel + kp * panel_n + 16);
-        DSV4_UNROLL
-        for (std::size_t j = 0; j < MT; ++j) {
-            int32_t pair;
-            std::memcpy(&pair, x[j] + 2 * kp, 4);
-            const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
-            p[2 * j] = _mm512_dpbf16_ps(p[2 * j], a, b0);
-            p[2 * j + 1] = _mm512_dpbf16_ps(p[2 * j + 1], a, b1);
-        }
-    }
-}
-
-/// acc[j][0..32) += block partials * 2^(e - 127 + 120 - shift_j) (fp8_bf16_block_fma).
-template <std::size_t MT>
-DSV4_INLINE void bf16_tile_block(const uint32_t* panel, const bf16_block_rows& x, std::size_t m0, std::size_t blk,
-                                 uint8_t e, float* acc) noexcept {
-    using vf = simd::vf32<arch::avx512_bf16>;
-    const uint16_t* xp[MT];
-    for (std::size_t j = 0; j < MT; ++j) xp[j] = x.x + (m0 + j) * x.x_stride + blk * 128;
-    __m512 p[2 * MT];
-    bf16_tile<MT>(panel, xp, p);
-    for (std::size_t j = 0; j < MT; ++j) {
-        const int d = 120 - x.shift[(m0 + j) * x.shift_stride + blk];
-        float* a = acc + j * panel_n;
-        for (std::size_t h = 0; h < 2; ++h) {
-            const vf r = gemv_detail::fp8_bf16_block_fma(vf(p[2 * j + h]), e, d, vf::load_aligned(a + 16 * h));
-            r.store_aligned(a + 16 * h);
-        }
-    }
+/// e4m3 byte pairs sign-extended to 16 bits -> bf16 bits of e4m3 * 2^-120 (fp8_to_bf16_bits).
+DSV4_INLINE __m256i fp8_words_to_bf16(__m256i v) noexcept {
+    return _mm256_and_si256(_mm256_slli_epi16(v, 4), _mm256_set1_epi16(int16_t(0x87F0)));
 }
 #endif
+
+// ---------------------------------------------------------------------------------------
+// avx512_bf16: panels of bf16 pairs, vdpbf16ps.
+#if defined(__AVX512BF16__)
+struct bf16_variant {
+    static constexpr std::size_t panel_n = 32;  // output rows per panel (two zmm of 16 lanes)
+    static constexpr std::size_t tile_m = 8;    // activation rows per micro-tile (16 accumulators)
+    static constexpr std::size_t chunk_m = 64;  // activation rows per f32 accumulator tile (8 KiB)
+    using panel_t = uint32_t;                   // a bf16 pair
+    static constexpr std::size_t panel_elems = 64 * panel_n;
+
+    /// Decodes one 128-k block of weight rows [0, nr) (nr <= 32; rows at stride `stride`
+    /// bytes) into panel[p * 32 + c] = bf16 pair (w[c][2p], w[c][2p + 1]) * 2^-120, p < 64;
+    /// columns c >= nr are zero.
+    static DSV4_INLINE void pack(const uint8_t* w, std::size_t stride, std::size_t nr, uint32_t* panel) noexcept {
+        for (std::size_t c0 = 0; c0 < panel_n; c0 += 16)
+            for (std::size_t q = 0; q < 4; ++q) {
+                __m256i r[16];
+                load_pairs_transposed(w, stride, nr, c0, q, r);
+                for (std::size_t i = 0; i < 16; ++i) {
+                    const __m512i v = _mm512_cvtepi8_epi16(r[i]);
+                    _mm512_store_si512(panel + (16 * q + i) * panel_n + c0,
+                                       _mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16(int16_t(0x87F0))));
+                }
+            }
+    }
+
+    /// MT activation rows x 32 columns over one packed block: p[2j + h] (lanes = columns
+    /// 16h..16h+15) = sum over the block's 64 k pairs, one vdpbf16ps chain per accumulator.
+    template <std::size_t MT>
+    static DSV4_INLINE void tile(const uint32_t* panel, const uint16_t* const* x, __m512* p) noexcept {
+        for (std::size_t i = 0; i < 2 * MT; ++i) p[i] = _mm512_setzero_ps();
+        for (std::size_t kp = 0; kp < 64; ++kp) {
+            const __m512bh b0 = (__m512bh)_mm512_load_si512(panel + kp * panel_n);
+            const __m512bh b1 = (__m512bh)_mm512_load_si512(panel + kp * panel_n + 16);
+            DSV4_UNROLL
+            for (std::size_t j = 0; j < MT; ++j) {
+                int32_t pair;
+                std::memcpy(&pair, x[j] + 2 * kp, 4);
+                const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+                p[2 * j] = _mm512_dpbf16_ps(p[2 * j], a, b0);
+                p[2 * j + 1] = _mm512_dpbf16_ps(p[2 * j + 1], a, b1);
+            }
+        }
+    }
+
+    /// acc[j][0..32) += block partials * 2^(e - 127 + 120 - shift_j) (fp8_bf16_block_fma).
+    template <std::size_t MT>
+    static DSV4_INLINE void tile_block(const uint32_t* panel, const bf16_block_rows& x, std::size_t m0,
+                                       std::size_t blk, uint8_t e, float* acc) noexcept {
+        using vf = simd::vf32<arch::avx512_bf16>;
+        const uint16_t* xp[MT];
+        for (std::size_t j = 0; j < MT; ++j) xp[j] = x.x + (m0 + j) * x.x_stride + blk * 128;
+        __m512 p[2 * MT];
+        tile<MT>(panel, xp, p);
+        for (std::size_t j = 0; j < MT; ++j) {
+            const int d = 120 - x.shift[(m0 + j) * x.shift_stride + blk];
+            float* a = acc + j * panel_n;
+            for (std::size_t h = 0; h < 2; ++h) {
+                const vf r = gemv_detail::fp8_bf16_block_fma(vf(p[2 * j + h]), e, d, vf::load_aligned(a + 16 * h));
+                r.store_aligned(a + 16 * h);
+            }
+        }
+    }
+};
+#endif
+
+// ---------------------------------------------------------------------------------------
+// AVX2 tiers and AVX-512 without BF16: panels of f32 weights, FMAs.
+#if defined(__AVX2__)
+/// Position of activation k (< 128) in a widened block: groups of 16 split by parity
+/// ([x0, x2, .., x14, x1, x3, .., x15]), the order one shift and one mask produce.
+constexpr std::size_t widened_index(std::size_t k) noexcept { return 16 * (k / 16) + 8 * (k % 2) + (k % 16) / 2; }
+
+/// One block (128) of bf16 activations to f32 in widened_index order (exact).
+DSV4_INLINE void widen_block(const uint16_t* x, float* out) noexcept {
+    for (std::size_t g = 0; g < 8; ++g) {
+        __m256 even, odd;
+        simd::bf16_pairs_to_f32(arch::avx2{}, x + 16 * g, even, odd);
+        _mm256_store_ps(out + 16 * g, even);
+        _mm256_store_ps(out + 16 * g + 8, odd);
+    }
+}
+
+template <class Arch> struct f32_variant {
+    using vf = simd::vf32<Arch>;
+    static constexpr std::size_t L = simd::lanes<Arch>();
+    static constexpr std::size_t panel_n = 2 * L;  // output rows per panel (two vectors)
+    // activation rows per micro-tile: 2 * tile_m accumulators + 2 weight vectors (+ a
+    // broadcast on AVX2, whose FMAs have no broadcast operand) in 16 ymm / 32 zmm registers
+    static constexpr std::size_t tile_m = L == 16 ? 12 : 6;
+    static constexpr std::size_t chunk_m = 64;  // activation rows per f32 accumulator tile (4 or 8 KiB)
+    using panel_t = float;
+    static constexpr std::size_t panel_elems = 128 * panel_n;  // 8 KiB (AVX2) or 16 KiB
+
+    /// Decodes one 128-k block of weight rows [0, nr) (nr <= panel_n) into panel[k *
+    /// panel_n + c] = w[c][k] * 2^-120 as f32 (exact, subnormal codes included); columns c
+    /// >= nr are zero.
+    static DSV4_INLINE void pack(const uint8_t* w, std::size_t stride, std::size_t nr, float* panel) noexcept {
+        for (std::size_t c0 = 0; c0 < panel_n; c0 += 16)
+            for (std::size_t q = 0; q < 4; ++q) {
+                __m256i r[16];
+                load_pairs_transposed(w, stride, nr, c0, q, r);
+                for (std::size_t i = 0; i < 16; ++i) {
+                    float* even = panel + (32 * q + 2 * i) * panel_n + c0;  // k = 2 (16q + i)
+                    float* odd = even + panel_n;
+#  if defined(__AVX512F__)
+                    if constexpr (L == 16) {
+                        const __m512i t = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(r[i]), 4),
+                                                           _mm512_set1_epi16(int16_t(0x87F0)));
+                        _mm512_store_si512(even, _mm512_slli_epi32(t, 16));
+                        _mm512_store_si512(odd, _mm512_and_si512(t, _mm512_set1_epi32(int(0xFFFF0000u))));
+                        continue;
+                    }
+#  endif
+                    for (std::size_t h = 0; h < 2; ++h) {  // columns c0 + 8h .. c0 + 8h + 7
+                        const __m128i b = h ? _mm256_extracti128_si256(r[i], 1) : _mm256_castsi256_si128(r[i]);
+                        const __m256i t = fp8_words_to_bf16(_mm256_cvtepi8_epi16(b));
+                        _mm256_store_si256(reinterpret_cast<__m256i*>(even + 8 * h), _mm256_slli_epi32(t, 16));
+                        _mm256_store_si256(reinterpret_cast<__m256i*>(odd + 8 * h),
+                                           _mm256_and_si256(t, _mm256_set1_epi32(int(0xFFFF0000u))));
+                    }
+                }
+            }
+    }
+
+    /// acc[j][0..panel_n) += (sum over the block of w * x, one FMA chain per accumulator in
+    /// k order) * 2^(e - 127 + 120 - shift_j) (fp8_bf16_block_fma).
+    template <std::size_t MT>
+    static DSV4_INLINE void tile_block(const float* panel, const bf16_block_rows& x, std::size_t m0, std::size_t blk,
+                                       uint8_t e, float* acc) noexcept {
+        alignas(64) float xw[MT][128];
+        for (std::size_t j = 0; j < MT; ++j) widen_block(x.x + (m0 + j) * x.x_stride + blk * 128, xw[j]);
+        vf p[2 * MT];
+        for (auto& v : p) v = vf(0.0f);
+        for (std::size_t g = 0; g < 128; g += 16) {
+            DSV4_UNROLL
+            for (std::size_t kk = 0; kk < 16; ++kk) {
+                const std::size_t k = g + kk, xi = widened_index(k);
+                const vf w0 = vf::load_aligned(panel + k * panel_n), w1 = vf::load_aligned(panel + k * panel_n + L);
+                DSV4_UNROLL
+                for (std::size_t j = 0; j < MT; ++j) {
+                    const vf a(xw[j][xi]);
+                    p[2 * j] = simd::fmadd(w0, a, p[2 * j]);
+                    p[2 * j + 1] = simd::fmadd(w1, a, p[2 * j + 1]);
+                }
+            }
+        }
+        for (std::size_t j = 0; j < MT; ++j) {
+            const int d = 120 - x.shift[(m0 + j) * x.shift_stride + blk];
+            float* a = acc + j * panel_n;
+            for (std::size_t h = 0; h < 2; ++h)
+                gemv_detail::fp8_bf16_block_fma(p[2 * j + h], e, d, vf::load_aligned(a + L * h)).store_aligned(a + L * h);
+        }
+    }
+};
+#endif
+
+/// Runs V::tile_block<r> for a tile of r rows, 1 <= r <= MT.
+template <class V, std::size_t MT = V::tile_m>
+DSV4_INLINE void tile_rows(std::size_t r, const typename V::panel_t* panel, const bf16_block_rows& x, std::size_t m0,
+                           std::size_t blk, uint8_t e, float* acc) noexcept {
+    if constexpr (MT > 0) {
+        if (r == MT) V::template tile_block<MT>(panel, x, m0, blk, e, acc);
+        else tile_rows<V, MT - 1>(r, panel, x, m0, blk, e, acc);
+    }
+}
+
+/// The GEMM over output rows [r0, r1): panels of V::panel_n rows (never crossing a 128-row
+/// scale block: one E8M0 per k-block), activation rows in chunks of V::chunk_m whose f32
+/// accumulators live on the stack; per 128-k block the panel is decoded once and every
+/// tile of the chunk runs over it.
+template <class V>
+DSV4_INLINE void run(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,
+                     std::size_t r1) noexcept {
+    constexpr std::size_t PN = V::panel_n;
+    alignas(64) typename V::panel_t panel[V::panel_elems];
+    alignas(64) float acc[V::chunk_m * PN];
+    const std::size_t nb = w.k / 128;
+    for (std::size_t n0 = r0; n0 < r1;) {
+        const std::size_t n1 = std::min({r1, n0 + PN, (n0 / 128 + 1) * 128});
+        const uint8_t* srow = w.scale + (n0 / 128) * w.scale_stride;
+        for (std::size_t c0 = 0; c0 < x.m; c0 += V::chunk_m) {
+            const std::size_t cm = std::min(V::chunk_m, x.m - c0);
+            std::fill(acc, acc + cm * PN, 0.0f);
+            for (std::size_t b = 0; b < nb; ++b) {
+                V::pack(w.w + n0 * w.w_stride + b * 128, w.w_stride, n1 - n0, panel);
+                // tiles of balanced sizes (8 rows: 4 + 4, not 6 + 2): a short tile has too few
+                // accumulator chains to cover the FMA latency
+                const std::size_t tiles = (cm + V::tile_m - 1) / V::tile_m;
+                for (std::size_t t = 0, m0 = c0; t < tiles; ++t) {
+                    const std::size_t r = (c0 + cm - m0 + (tiles - t) - 1) / (tiles - t);
+                    if (r == V::tile_m) V::template tile_block<V::tile_m>(panel, x, m0, b, srow[b], acc + (m0 - c0) * PN);
+                    else tile_rows<V>(r, panel, x, m0, b, srow[b], acc + (m0 - c0) * PN);
+                    m0 += r;
+                }
+            }
+            for (std::size_t j = 0; j < cm; ++j)
+                for (std::size_t n = n0; n < n1; ++n) gemv_detail::store_out(out, c0 + j, n, acc[j * PN + (n - n0)]);
+        }
+        n0 = n1;
+    }
+}
 
 }  // namespace gemm_fp8_detail
 
 /// The GEMM over output rows [r0, r1), fast FP8 numerics (header comment). Returns false,
-/// doing nothing, where the tier has no GEMM or x.m < fp8_gemm_min_m (the caller then runs
-/// the row kernel); the GEMM itself takes any m >= 1.
+/// doing nothing, on the scalar tier or where x.m < min_m (the caller then runs the row
+/// kernel); the GEMM itself takes any m >= 1.
 template <class Arch>
 bool fp8_gemm_bf16_rows(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,
                         std::size_t r1, std::size_t min_m) noexcept {
+    if (x.m < min_m) return false;
 #if defined(__AVX512BF16__)
     if constexpr (std::is_base_of_v<arch::avx512_bf16, Arch>) {
-        if (x.m < min_m) return false;
-        using namespace gemm_fp8_detail;
-        alignas(64) uint32_t panel[64 * panel_n];
-        alignas(64) float acc[chunk_m * panel_n];
-        const std::size_t nb = w.k / 128;
-        for (std::size_t n0 = r0; n0 < r1;) {
-            // a panel never crosses a 128-row scale block: one E8M0 per k-block
-            const std::size_t n1 = std::min({r1, n0 + panel_n, (n0 / 128 + 1) * 128});
-            const uint8_t* srow = w.scale + (n0 / 128) * w.scale_stride;
-            for (std::size_t c0 = 0; c0 < x.m; c0 += chunk_m) {
-                const std::size_t cm = std::min(chunk_m, x.m - c0);
-                std::fill(acc, acc + cm * panel_n, 0.0f);
-                for (std::size_t b = 0; b < nb; ++b) {
-                    pack_bf16_panel(w.w + n0 * w.w_stride + b * 128, w.w_stride, n1 - n0, panel);
-                    std::size_t m0 = c0;
-                    for (; m0 + tile_m <= c0 + cm; m0 += tile_m)
-                        bf16_tile_block<tile_m>(panel, x, m0, b, srow[b], acc + (m0 - c0) * panel_n);
-                    float* a = acc + (m0 - c0) * panel_n;
-                    switch (c0 + cm - m0) {
-                        case 7: bf16_tile_block<7>(panel, x, m0, b, srow[b], a); break;
-                        case 6: bf16_tile_block<6>(panel, x, m0, b, srow[b], a); break;
-                        case 5: bf16_tile_block<5>(panel, x, m0, b, srow[b], a); break;
-                        case 4: bf16_tile_block<4>(panel, x, m0, b, srow[b], a); break;
-                        case 3: bf16_tile_block<3>(panel, x, m0, b, srow[b], a); break;
-                        case 2: bf16_tile_block<2>(panel, x, m0, b, srow[b], a); break;
-                        case 1: bf16_tile_block<1>(panel, x, m0, b, srow[b], a); break;
-                        default: break;
-                    }
-                }
-                for (std::size_t j = 0; j < cm; ++j)
-                    for (std::size_t n = n0; n < n1; ++n)
-                        gemv_detail::store_out(out, c0 + j, n, acc[j * panel_n + (n - n0)]);
-            }
-            n0 = n1;
-        }
+        gemm_fp8_detail::run<gemm_fp8_detail::bf16_variant>(w, x, out, r0, r1);
         return true;
-    }
+    } else
 #endif
-    (void)w, (void)x, (void)out, (void)r0, (void)r1, (void)min_m;
-    return false;
+#if defined(__AVX2__)
+    if constexpr (!simd::is_scalar<Arch>) {
+        gemm_fp8_detail::run<gemm_fp8_detail::f32_variant<Arch>>(w, x, out, r0, r1);
+        return true;
+    } else
+#endif
+    {
+        (void)w, (void)x, (void)out, (void)r0, (void)r1;
+        return false;
+    }
 }
 
 }  // namespace kernels

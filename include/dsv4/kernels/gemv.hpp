@@ -53,7 +53,9 @@ namespace kernels {
 template <class Arch>
 bool fp8_gemm_bf16_rows(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,
                         std::size_t r1, std::size_t min_m) noexcept;
-inline constexpr std::size_t fp8_gemm_min_m = 5;  ///< activation rows from which the FP8 GEMM runs (measured: 0.8x the row time at 5)
+/// Activation rows from which the FP8 GEMM runs (bench_gemm, Zen 4: 0.8x the row time at 5 on
+/// avx512_bf16; on the f32 variant the GEMM's rate at 5 rows matches the row kernel's at 4).
+inline constexpr std::size_t fp8_gemm_min_m = 5;
 
 /// Largest M tile: each weight byte is read from memory once per tile; rows of the tile
 /// beyond the first reuse it from L1.
@@ -691,7 +693,7 @@ void fp8_gemv_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, 
 }
 
 /// FP8 GEMV, fast mode (activations from to_bf16_blocks; dot_fp8_bf16_row states the numerics).
-/// From fp8_gemm_min_m activation rows on avx512_bf16, the GEMM of gemm_fp8.hpp (its header
+/// From fp8_gemm_min_m activation rows on the SIMD tiers, the GEMM of gemm_fp8.hpp (its header
 /// states how its sums differ from the row kernel's).
 template <class Arch>
 void fp8_gemv_bf16_rows(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,

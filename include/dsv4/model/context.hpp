@@ -46,10 +46,12 @@ struct model_context {
         c.comp = compressor_config{4, cfg.index_head_dim, true, rope_for(4), eps(), fp8_sim_revision::current};
         return c;
     }
-    /// Fast numerics where fp8_bf16_preferred(m) (avx512_bf16; the AVX2 tiers for one token):
-    /// FP8 projections of m rows take their (exact) activations as bf16 blocks through
-    /// fp8_gemv_bf16. m = 1 asks whether any call may take it (buffers).
-    bool fp8_bf16(std::size_t m = 1) const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(m); }
+    /// Fast numerics where fp8_bf16_preferred(m) (avx512_bf16; the other SIMD tiers from
+    /// kernels::fp8_gemm_min_m rows, and the AVX2 tiers for one token): FP8 projections of m
+    /// rows take their (exact) activations as bf16 blocks through fp8_gemv_bf16.
+    bool fp8_bf16(std::size_t m) const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(m); }
+    /// Whether any call may take fp8_bf16 (buffers sized once for every row count).
+    bool fp8_bf16_any() const { return opt.numerics == moe_numerics::fast && fp8_bf16_possible(); }
 };
 
 /// Rows ids[0..n) of the embedding table into dst + t * stride (bf16): from the mapping, or
@@ -143,21 +145,21 @@ inline constexpr std::size_t fp8_linear_chunk = 64;
 /// Workspace bytes fp8_linear takes for K inputs and m rows (chunks of fp8_linear_chunk tokens).
 inline std::size_t fp8_linear_bytes(const model_context& c, std::size_t K, std::size_t m) {
     const std::size_t mc = std::min(m, fp8_linear_chunk);
-    const bool bf = c.fp8_bf16();
+    const bool bf = c.fp8_bf16_any();
     auto b = [](std::size_t n, std::size_t size) { return forward_workspace::round_up(n * size); };
     return b(mc * K, 1) + b(mc * (K / 128), 1) + b(mc * K, 4) + (bf ? b(mc * K, 2) + b(mc * (K / 128), 4) : 0);
 }
 
 /// The activation side of fp8_linear: x [m, K] bf16 in chunks of fp8_linear_chunk rows, each
 /// act_quant'ed (blocks of 128) and dequantised to f32; fn(a, n, xf, xb, sh) gets chunk rows
-/// [a, a + n) as xf [n, K] plus room xb / sh for their bf16 blocks (null unless fp8_bf16()).
+/// [a, a + n) as xf [n, K] plus room xb / sh for their bf16 blocks (null unless fp8_bf16_any()).
 /// Buffers from ws (fp8_linear_bytes), released on return.
 template <class Fn>
 inline void for_fp8_act_chunks(const model_context& c, std::size_t K, const uint16_t* x, std::size_t x_stride,
                                std::size_t m, forward_workspace& ws, Fn&& fn) {
     constexpr std::size_t C = fp8_linear_chunk;
     const std::size_t mc = std::min(m, C), mk = ws.mark();
-    const bool bf = c.fp8_bf16();
+    const bool bf = c.fp8_bf16_any();
     uint8_t* codes = ws.take<uint8_t>(mc * K);
     uint8_t* scales = ws.take<uint8_t>(mc * (K / 128));
     float* xf = ws.take<float>(mc * K);

@@ -16,10 +16,12 @@
 // position only. Activations are bf16 between kernels at exactly the reference's rounding
 // points (forward.py "Precision" and choice 4). FP8 linears: act_quant (block 128) ->
 // exact f32 -> fp8_gemv (reference mode); wo_a: bf16 activations as f32 rows through
-// fp8_grouped_gemv; head: bf16_gemv_bf16 (the bf16 final norm times the BF16 head) with f32 logits. With forward_options::numerics fast on
-// avx512_bf16, the FP8 linears and wo_a take the same activations as bf16 blocks
-// (to_bf16_blocks, exact) through fp8_gemv_bf16: the same products (on avx512_bf16 less the
-// subnormal weight codes), summed in another order; the routed experts go int8 (moe.hpp).
+// fp8_grouped_gemv; head: bf16_gemv_bf16 (the bf16 final norm times the BF16 head) with f32
+// logits. With forward_options::numerics fast, where fp8_bf16_preferred (avx512_bf16; the
+// other SIMD tiers from 5 rows, the small-M GEMM, and the AVX2 tiers for one token), the FP8
+// linears and wo_a take the same activations as bf16 blocks (to_bf16_blocks, exact) through
+// fp8_gemv_bf16: the same products (on avx512_bf16 less the subnormal weight codes), summed
+// in another order; the routed experts go int8 (moe.hpp).
 //
 // Files: weights.hpp binds the tensors, sequence.hpp holds a sequence's state (spec §5.5),
 // context.hpp what every block reads, attention_block.hpp and moe_block.hpp the two
