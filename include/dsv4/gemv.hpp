@@ -159,17 +159,25 @@ inline tier fp8_tier() {
 }
 }  // namespace detail
 
+/// Fewest rows from which fp8_gemv_bf16 (the small-M GEMM) beats fp8_gemv on the AVX2 tiers:
+/// there the reference path's f32 row kernel is fast (45-60 GFLOP/s per Zen 4 core), and the
+/// GEMM's per-block panel decode pays off from ~12 rows (bench_gemm: 0.72-1.05x at 5-8 rows,
+/// 1.04-1.4x at 12, 1.3-1.8x at 32-64; docs/kernels/gemm.md).
+inline constexpr std::size_t fp8_bf16_min_m_avx2 = 12;
+
 /// Whether fp8_gemv_bf16 beats fp8_gemv for m activation rows on the kernels in use: on
-/// avx512_bf16 always (vdpbf16ps, 1.6x the hot rate); on the other SIMD tiers from
+/// avx512_bf16 always (vdpbf16ps, 1.6x the hot rate); on AVX-512 without BF16 from
 /// kernels::fp8_gemm_min_m rows (the small-M GEMM of kernels/gemm_fp8.hpp on f32 FMAs:
-/// 1.2-1.9x the reference path's row kernel at M = 8-64 on Zen 4, docs/kernels/gemm.md) and,
-/// on the AVX2 tiers, for m = 1 (integer decode and parity-split f32 FMAs, no F16C: 1.15-1.2x
-/// the reference path's hot rate on Zen 4; at m = 2..4 widening the bf16 activations once per
-/// weight row costs more than the reference path's f32 loads); never on the scalar tier.
+/// 1.1-1.8x the reference row kernel at 5-8 rows, 2-3x at 16-64 on Zen 4); on the AVX2 tiers
+/// from fp8_bf16_min_m_avx2 rows (the same GEMM) and for m = 1 (integer decode and
+/// parity-split f32 FMAs, no F16C: 1.15-1.2x the reference path's hot rate on Zen 4; at
+/// m = 2..4 widening the bf16 activations once per weight row costs more than the reference
+/// path's f32 loads); never on the scalar tier.
 inline bool fp8_bf16_preferred(std::size_t m = 1) {
     const tier t = detail::fp8_tier();
     if (t == tier::scalar) return false;
-    return t >= tier::avx512_bf16 || m >= kernels::fp8_gemm_min_m || (m == 1 && (t == tier::avx2 || t == tier::avx2_vnni));
+    if (t == tier::avx2 || t == tier::avx2_vnni) return m == 1 || m >= fp8_bf16_min_m_avx2;
+    return t >= tier::avx512_bf16 || m >= kernels::fp8_gemm_min_m;
 }
 
 /// Whether fp8_bf16_preferred(m) holds for some m: callers that size buffers once for any

@@ -676,8 +676,11 @@ TEST_CASE("gemv: FP8 fast mode uses subnormal weight codes exactly except on avx
     const dsv4::tier t = active().compiled_for;
     CHECK(dsv4::fp8_bf16_preferred(1) == (t == dsv4::tier::avx2 || t == dsv4::tier::avx2_vnni || t == dsv4::tier::avx512_bf16));
     CHECK(dsv4::fp8_bf16_preferred(2) == (t == dsv4::tier::avx512_bf16));
+    const bool avx2 = t == dsv4::tier::avx2 || t == dsv4::tier::avx2_vnni, avx512 = t >= dsv4::tier::avx512;
     CHECK(dsv4::fp8_bf16_preferred(dsv4::kernels::fp8_gemm_min_m - 1) == (t == dsv4::tier::avx512_bf16));
-    CHECK(dsv4::fp8_bf16_preferred(dsv4::kernels::fp8_gemm_min_m) == (t != dsv4::tier::scalar));  // the GEMM
+    CHECK(dsv4::fp8_bf16_preferred(dsv4::kernels::fp8_gemm_min_m) == avx512);  // the GEMM
+    CHECK(dsv4::fp8_bf16_preferred(dsv4::fp8_bf16_min_m_avx2 - 1) == avx512);
+    CHECK(dsv4::fp8_bf16_preferred(dsv4::fp8_bf16_min_m_avx2) == (avx2 || avx512));
     CHECK(dsv4::fp8_bf16_preferred(64) == (t != dsv4::tier::scalar));
     CHECK(dsv4::fp8_bf16_possible() == (t != dsv4::tier::scalar));
 }

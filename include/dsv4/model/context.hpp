@@ -46,9 +46,9 @@ struct model_context {
         c.comp = compressor_config{4, cfg.index_head_dim, true, rope_for(4), eps(), fp8_sim_revision::current};
         return c;
     }
-    /// Fast numerics where fp8_bf16_preferred(m) (avx512_bf16; the other SIMD tiers from
-    /// kernels::fp8_gemm_min_m rows, and the AVX2 tiers for one token): FP8 projections of m
-    /// rows take their (exact) activations as bf16 blocks through fp8_gemv_bf16.
+    /// Fast numerics where fp8_bf16_preferred(m) (avx512_bf16; the other SIMD tiers from 5
+    /// (AVX-512) or 12 (AVX2) rows, the small-M GEMM; the AVX2 tiers for one token): FP8
+    /// projections of m rows take their (exact) activations as bf16 blocks through fp8_gemv_bf16.
     bool fp8_bf16(std::size_t m) const { return opt.numerics == moe_numerics::fast && fp8_bf16_preferred(m); }
     /// Whether any call may take fp8_bf16 (buffers sized once for every row count).
     bool fp8_bf16_any() const { return opt.numerics == moe_numerics::fast && fp8_bf16_possible(); }

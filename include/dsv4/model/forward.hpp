@@ -18,7 +18,7 @@
 // exact f32 -> fp8_gemv (reference mode); wo_a: bf16 activations as f32 rows through
 // fp8_grouped_gemv; head: bf16_gemv_bf16 (the bf16 final norm times the BF16 head) with f32
 // logits. With forward_options::numerics fast, where fp8_bf16_preferred (avx512_bf16; the
-// other SIMD tiers from 5 rows, the small-M GEMM, and the AVX2 tiers for one token), the FP8
+// other SIMD tiers from 5 or 12 rows, the small-M GEMM, and the AVX2 tiers for one token), the FP8
 // linears and wo_a take the same activations as bf16 blocks (to_bf16_blocks, exact) through
 // fp8_gemv_bf16: the same products (on avx512_bf16 less the subnormal weight codes), summed
 // in another order; the routed experts go int8 (moe.hpp).
