@@ -79,10 +79,28 @@ DSV4_INLINE void load_pairs_transposed(const uint8_t* w, std::size_t stride, std
     transpose16x16_epi16(r);
 }
 
+/// Calls emit(p, c0, r) for the 64 k pairs p of one 128-k block and each group of 16 weight
+/// rows c0 < PanelN: r = those rows' byte pairs of k pair p (load_pairs_transposed).
+template <std::size_t PanelN, class Emit>
+DSV4_INLINE void for_block_pairs(const uint8_t* w, std::size_t stride, std::size_t nr, Emit&& emit) noexcept {
+    for (std::size_t c0 = 0; c0 < PanelN; c0 += 16)
+        for (std::size_t q = 0; q < 4; ++q) {
+            __m256i r[16];
+            load_pairs_transposed(w, stride, nr, c0, q, r);
+            for (std::size_t i = 0; i < 16; ++i) emit(16 * q + i, c0, r[i]);
+        }
+}
+
 /// e4m3 byte pairs sign-extended to 16 bits -> bf16 bits of e4m3 * 2^-120 (fp8_to_bf16_bits).
 DSV4_INLINE __m256i fp8_words_to_bf16(__m256i v) noexcept {
     return _mm256_and_si256(_mm256_slli_epi16(v, 4), _mm256_set1_epi16(int16_t(0x87F0)));
 }
+#  if defined(__AVX512F__) && defined(__AVX512BW__)
+/// The same for 16 byte pairs (32 codes) at once: 16 rows' pairs of one k pair.
+DSV4_INLINE __m512i fp8_pairs_to_bf16(__m256i pairs) noexcept {
+    return _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(pairs), 4), _mm512_set1_epi16(int16_t(0x87F0)));
+}
+#  endif
 #endif
 
 // ---------------------------------------------------------------------------------------
@@ -99,16 +117,9 @@ struct bf16_variant {
     /// bytes) into panel[p * 32 + c] = bf16 pair (w[c][2p], w[c][2p + 1]) * 2^-120, p < 64;
     /// columns c >= nr are zero.
     static DSV4_INLINE void pack(const uint8_t* w, std::size_t stride, std::size_t nr, uint32_t* panel) noexcept {
-        for (std::size_t c0 = 0; c0 < panel_n; c0 += 16)
-            for (std::size_t q = 0; q < 4; ++q) {
-                __m256i r[16];
-                load_pairs_transposed(w, stride, nr, c0, q, r);
-                for (std::size_t i = 0; i < 16; ++i) {
-                    const __m512i v = _mm512_cvtepi8_epi16(r[i]);
-                    _mm512_store_si512(panel + (16 * q + i) * panel_n + c0,
-                                       _mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16(int16_t(0x87F0))));
-                }
-            }
+        for_block_pairs<panel_n>(w, stride, nr, [&](std::size_t p, std::size_t c0, __m256i r) {
+            _mm512_store_si512(panel + p * panel_n + c0, fp8_pairs_to_bf16(r));
+        });
     }
 
     /// MT activation rows x 32 columns over one packed block: p[2j + h] (lanes = columns
@@ -183,31 +194,25 @@ template <class Arch> struct f32_variant {
     /// panel_n + c] = w[c][k] * 2^-120 as f32 (exact, subnormal codes included); columns c
     /// >= nr are zero.
     static DSV4_INLINE void pack(const uint8_t* w, std::size_t stride, std::size_t nr, float* panel) noexcept {
-        for (std::size_t c0 = 0; c0 < panel_n; c0 += 16)
-            for (std::size_t q = 0; q < 4; ++q) {
-                __m256i r[16];
-                load_pairs_transposed(w, stride, nr, c0, q, r);
-                for (std::size_t i = 0; i < 16; ++i) {
-                    float* even = panel + (32 * q + 2 * i) * panel_n + c0;  // k = 2 (16q + i)
-                    float* odd = even + panel_n;
-#  if defined(__AVX512F__)
-                    if constexpr (L == 16) {
-                        const __m512i t = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(r[i]), 4),
-                                                           _mm512_set1_epi16(int16_t(0x87F0)));
-                        _mm512_store_si512(even, _mm512_slli_epi32(t, 16));
-                        _mm512_store_si512(odd, _mm512_and_si512(t, _mm512_set1_epi32(int(0xFFFF0000u))));
-                        continue;
-                    }
-#  endif
-                    for (std::size_t h = 0; h < 2; ++h) {  // columns c0 + 8h .. c0 + 8h + 7
-                        const __m128i b = h ? _mm256_extracti128_si256(r[i], 1) : _mm256_castsi256_si128(r[i]);
-                        const __m256i t = fp8_words_to_bf16(_mm256_cvtepi8_epi16(b));
-                        _mm256_store_si256(reinterpret_cast<__m256i*>(even + 8 * h), _mm256_slli_epi32(t, 16));
-                        _mm256_store_si256(reinterpret_cast<__m256i*>(odd + 8 * h),
-                                           _mm256_and_si256(t, _mm256_set1_epi32(int(0xFFFF0000u))));
-                    }
-                }
+        for_block_pairs<panel_n>(w, stride, nr, [&](std::size_t p, std::size_t c0, __m256i r) {
+            float* even = panel + 2 * p * panel_n + c0;  // k = 2p
+            float* odd = even + panel_n;                 // k = 2p + 1
+#  if defined(__AVX512F__) && defined(__AVX512BW__)
+            if constexpr (L == 16) {
+                const __m512i t = fp8_pairs_to_bf16(r);
+                _mm512_store_si512(even, _mm512_slli_epi32(t, 16));
+                _mm512_store_si512(odd, _mm512_and_si512(t, _mm512_set1_epi32(int(0xFFFF0000u))));
+                return;
             }
+#  endif
+            for (std::size_t h = 0; h < 2; ++h) {  // rows c0 + 8h .. c0 + 8h + 7
+                const __m128i b = h ? _mm256_extracti128_si256(r, 1) : _mm256_castsi256_si128(r);
+                const __m256i t = fp8_words_to_bf16(_mm256_cvtepi8_epi16(b));
+                _mm256_store_si256(reinterpret_cast<__m256i*>(even + 8 * h), _mm256_slli_epi32(t, 16));
+                _mm256_store_si256(reinterpret_cast<__m256i*>(odd + 8 * h),
+                                   _mm256_and_si256(t, _mm256_set1_epi32(int(0xFFFF0000u))));
+            }
+        });
     }
 
     /// acc[j][0..panel_n) += (sum over the block of w * x, one FMA chain per accumulator in
