@@ -150,6 +150,54 @@ void reg(const std::string& name, std::function<void(benchmark::State&)> fn, boo
     b->Unit(benchmark::kMicrosecond);
 }
 
+/// One GEMV over rows [r0, r1) of weight copy c, as a benchmark row times it: FP4 and FP8
+/// take the fast path's activations (int8 / bf16 blocks) when `fast`, else the reference
+/// path's f32 rows; BF16 takes bf16 activations (bf16_gemv_bf16) when `fast`, else f32; F32
+/// has one path.
+void call_rows(const dsv4::kernel_table& K, const weight_set& ws, std::size_t c, bool fast, const acts& a,
+               std::size_t m, const dsv4::gemv_out& out, std::size_t r0, std::size_t r1) {
+    const std::size_t n = ws.n, k = ws.k;
+    const unsigned char* w = ws.w[c].data();
+    switch (ws.f) {
+        case fmt::fp4: {
+            const dsv4::fp4_matrix W{w, k / 2, ws.s[c].data(), k / 32, n, k};
+            if (fast) K.fp4_gemv_q8_rows(W, {a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m}, out, r0, r1);
+            else K.fp4_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
+            break;
+        }
+        case fmt::fp8: {
+            const dsv4::fp8_matrix W{w, k, ws.s[c].data(), k / 128, n, k};
+            if (fast) K.fp8_gemv_bf16_rows(W, {a.xb.data(), k, a.shift.data(), k / 128, m}, out, r0, r1);
+            else K.fp8_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
+            break;
+        }
+        case fmt::bf16: {
+            const dsv4::bf16_matrix W{reinterpret_cast<const uint16_t*>(w), k, n, k};
+            if (fast) K.bf16_gemv_bf16_rows(W, {a.xb.data(), k, m}, out, r0, r1);
+            else K.bf16_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
+            break;
+        }
+        case fmt::f32:
+            K.f32_gemv_rows({reinterpret_cast<const float*>(w), k, n, k}, {a.f32.data(), k, m}, out, r0, r1);
+            break;
+    }
+}
+
+/// Registers `name`: call_rows over cold copies of an n x k matrix of format f, m activation
+/// rows, t threads.
+void reg_cold(const std::string& name, dsv4::tier tier, fmt f, bool fast, std::size_t n, std::size_t k, std::size_t m,
+              int t) {
+    reg(name, [=](benchmark::State& st) {
+        const auto& K = *dsv4::kernels_for(tier);
+        auto& ws = weights(f, n, k);
+        const auto a = make_acts(m, k);
+        std::vector<float> y(m * n);
+        const dsv4::gemv_out out{y.data(), nullptr, n};
+        run(st, n, double(ws.w_bytes + ws.s_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
+            [&](std::size_t c, std::size_t r0, std::size_t r1) { call_rows(K, ws, c, fast, a, m, out, r0, r1); });
+    });
+}
+
 const bool registered = [] {
     const std::size_t ms[] = {1, 4, 16, 64};
     for (dsv4::tier tier : bench::tiers()) {
@@ -159,24 +207,9 @@ const bool registered = [] {
                 // FP4 routed experts: w1/w3 2048x4096, w2 4096x2048
                 for (const auto& nk : {std::pair<std::size_t, std::size_t>{2048, 4096}, {4096, 2048}}) {
                     const std::size_t n = nk.first, k = nk.second;
-                    for (bool fast : {true, false}) {
-                        reg(std::string(fast ? "fp4_gemv/" : "fp4_gemv_ref/") + ts + "/" + shape_name(n, k, m, t),
-                            [=](benchmark::State& st) {
-                                const auto& K = *dsv4::kernels_for(tier);
-                                auto& ws = weights(fmt::fp4, n, k);
-                                const auto a = make_acts(m, k);
-                                std::vector<float> y(m * n);
-                                const dsv4::gemv_out out{y.data(), nullptr, n};
-                                const dsv4::q8_rows q{a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m};
-                                const dsv4::f32_rows x{a.f32.data(), k, m};
-                                run(st, n, double(ws.w_bytes + ws.s_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
-                                    [&](std::size_t c, std::size_t r0, std::size_t r1) {
-                                        const dsv4::fp4_matrix W{ws.w[c].data(), k / 2, ws.s[c].data(), k / 32, n, k};
-                                        if (fast) K.fp4_gemv_q8_rows(W, q, out, r0, r1);
-                                        else K.fp4_gemv_rows(W, x, out, r0, r1);
-                                    });
-                            });
-                    }
+                    for (bool fast : {true, false})
+                        reg_cold(std::string(fast ? "fp4_gemv/" : "fp4_gemv_ref/") + ts + "/" + shape_name(n, k, m, t),
+                                 tier, fmt::fp4, fast, n, k, m, t);
                 }
                 // fused gate+up of one routed expert: two 2048x4096 FP4 matrices
                 for (bool fast : {true, false}) {
@@ -206,20 +239,8 @@ const bool registered = [] {
                                     {4096, 8192}, {2048, 4096}, {4096, 2048}}) {
                     const std::size_t n = nk.first, k = nk.second;
                     for (bool fast : {true, false})
-                    reg(std::string(fast ? "fp8_gemv/" : "fp8_gemv_ref/") + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
-                        const auto& K = *dsv4::kernels_for(tier);
-                        auto& ws = weights(fmt::fp8, n, k);
-                        const auto a = make_acts(m, k);
-                        std::vector<float> y(m * n);
-                        run(st, n, double(ws.w_bytes + ws.s_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
-                            [&](std::size_t c, std::size_t r0, std::size_t r1) {
-                                const dsv4::fp8_matrix W{ws.w[c].data(), k, ws.s[c].data(), k / 128, n, k};
-                                if (fast)
-                                    K.fp8_gemv_bf16_rows(W, {a.xb.data(), k, a.shift.data(), k / 128, m}, {y.data(), nullptr, n}, r0, r1);
-                                else
-                                    K.fp8_gemv_rows(W, {a.f32.data(), k, m}, {y.data(), nullptr, n}, r0, r1);
-                            });
-                    });
+                        reg_cold(std::string(fast ? "fp8_gemv/" : "fp8_gemv_ref/") + ts + "/" + shape_name(n, k, m, t),
+                                 tier, fmt::fp8, fast, n, k, m, t);
                 }
                 // wo_a: 8 groups of 1024x4096 (bf16 activations, no act_quant)
                 for (bool fast : {true, false})
@@ -244,35 +265,11 @@ const bool registered = [] {
                     const std::size_t n = nk.first, k = nk.second;
                     // f32 activations, and bf16 ones (the head: vdpbf16ps on avx512_bf16)
                     for (const bool bx : {false, true})
-                        reg((bx ? "bf16_gemv_bf16/" : "bf16_gemv/") + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
-                            const auto& K = *dsv4::kernels_for(tier);
-                            auto& ws = weights(fmt::bf16, n, k);
-                            const auto a = make_acts(m, k);
-                            std::vector<float> y(m * n);
-                            run(st, n, double(ws.w_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
-                                [&](std::size_t c, std::size_t r0, std::size_t r1) {
-                                    const dsv4::bf16_matrix W{reinterpret_cast<const uint16_t*>(ws.w[c].data()), k, n, k};
-                                    const dsv4::gemv_out out{y.data(), nullptr, n};
-                                    if (bx) K.bf16_gemv_bf16_rows(W, {a.xb.data(), k, m}, out, r0, r1);
-                                    else K.bf16_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
-                                });
-                        });
+                        reg_cold((bx ? "bf16_gemv_bf16/" : "bf16_gemv/") + ts + "/" + shape_name(n, k, m, t), tier,
+                                 fmt::bf16, bx, n, k, m, t);
                 }
                 // F32: the hc functions [24, 16384]
-                {
-                    const std::size_t n = 24, k = 16384;
-                    reg("f32_gemv/" + ts + "/" + shape_name(n, k, m, t), [=](benchmark::State& st) {
-                        const auto& K = *dsv4::kernels_for(tier);
-                        auto& ws = weights(fmt::f32, n, k);
-                        const auto a = make_acts(m, k);
-                        std::vector<float> y(m * n);
-                        run(st, n, double(ws.w_bytes), 2.0 * m * n * k, buffers_of(ws), ws.w.size(), t,
-                            [&](std::size_t c, std::size_t r0, std::size_t r1) {
-                                const dsv4::f32_matrix W{reinterpret_cast<const float*>(ws.w[c].data()), k, n, k};
-                                K.f32_gemv_rows(W, {a.f32.data(), k, m}, {y.data(), nullptr, n}, r0, r1);
-                            });
-                    });
-                }
+                reg_cold("f32_gemv/" + ts + "/" + shape_name(24, 16384, m, t), tier, fmt::f32, false, 24, 16384, m, t);
             }
         }
         // hot rates per core: ~1 MiB of weights, read from L2 after the first pass
@@ -281,30 +278,16 @@ const bool registered = [] {
                 const std::string fs = f;
                 const fmt ff = fs.starts_with("fp4") ? fmt::fp4 : fs.starts_with("fp8") ? fmt::fp8 : fmt::bf16;
                 const std::size_t k = 2048, n = ff == fmt::fp4 ? 1024 : ff == fmt::fp8 ? 512 : 256;
-                const bool fast = !fs.ends_with("_ref");
+                // fp4 / fp8: the fast path unless _ref; bf16: bf16 activations for bf16_bf16
+                const bool fast = ff == fmt::bf16 ? fs == "bf16_bf16" : !fs.ends_with("_ref");
                 reg("gemv_hot/" + fs + "/" + ts + "/" + shape_name(n, k, m, 1), [=](benchmark::State& st) {
                     const auto& K = *dsv4::kernels_for(tier);
                     auto& ws = weights(ff, n, k, true);
                     const auto a = make_acts(m, k);
                     std::vector<float> y(m * n);
                     const dsv4::gemv_out out{y.data(), nullptr, n};
-                    const double bytes = double(ws.w_bytes + ws.s_bytes);
-                    run(st, n, bytes, 2.0 * m * n * k, buffers_of(ws), 1, 1, [&](std::size_t, std::size_t r0, std::size_t r1) {
-                        const unsigned char* w = ws.w[0].data();
-                        if (ff == fmt::fp4) {
-                            const dsv4::fp4_matrix W{w, k / 2, ws.s[0].data(), k / 32, n, k};
-                            if (fast) K.fp4_gemv_q8_rows(W, {a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m}, out, r0, r1);
-                            else K.fp4_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
-                        } else if (ff == fmt::fp8) {
-                            const dsv4::fp8_matrix W{w, k, ws.s[0].data(), k / 128, n, k};
-                            if (fast) K.fp8_gemv_bf16_rows(W, {a.xb.data(), k, a.shift.data(), k / 128, m}, out, r0, r1);
-                            else K.fp8_gemv_rows(W, {a.f32.data(), k, m}, out, r0, r1);
-                        } else if (fs == "bf16_bf16") {
-                            K.bf16_gemv_bf16_rows({reinterpret_cast<const uint16_t*>(w), k, n, k}, {a.xb.data(), k, m}, out, r0, r1);
-                        } else {
-                            K.bf16_gemv_rows({reinterpret_cast<const uint16_t*>(w), k, n, k}, {a.f32.data(), k, m}, out, r0, r1);
-                        }
-                    });
+                    run(st, n, double(ws.w_bytes + ws.s_bytes), 2.0 * m * n * k, buffers_of(ws), 1, 1,
+                        [&](std::size_t, std::size_t r0, std::size_t r1) { call_rows(K, ws, 0, fast, a, m, out, r0, r1); });
                 }, false);
             }
         }
@@ -315,7 +298,7 @@ const bool registered = [] {
                 const std::string fs = f;
                 const fmt ff = fs.starts_with("fp4") ? fmt::fp4 : fs.starts_with("fp8") ? fmt::fp8 : fmt::bf16;
                 const std::size_t k = 2048, n = ff == fmt::fp4 ? 1024 : ff == fmt::fp8 ? 512 : 256, m = 1;
-                const bool fast = !fs.ends_with("_ref");
+                const bool fast = ff != fmt::bf16 && !fs.ends_with("_ref");  // bf16: f32 activations
                 reg("gemv_hot_core/" + fs + "/" + ts + "/" + placement.classes()[ci].label + "/" + shape_name(n, k, m, 1),
                     [=](benchmark::State& st) {
                         const auto& K = *dsv4::kernels_for(tier);
@@ -323,19 +306,7 @@ const bool registered = [] {
                         const auto a = make_acts(m, k);
                         std::vector<float> y(m * n);
                         const dsv4::gemv_out out{y.data(), nullptr, n};
-                        const unsigned char* w = ws.w[0].data();
-                        const auto call = [&] {
-                            if (ff == fmt::fp4)
-                                K.fp4_gemv_q8_rows({w, k / 2, ws.s[0].data(), k / 32, n, k},
-                                                   {a.q.data(), k, a.d.data(), k / 32, a.c.data(), k / 32, m}, out, 0, n);
-                            else if (ff == fmt::fp8 && fast)
-                                K.fp8_gemv_bf16_rows({w, k, ws.s[0].data(), k / 128, n, k},
-                                                     {a.xb.data(), k, a.shift.data(), k / 128, m}, out, 0, n);
-                            else if (ff == fmt::fp8)
-                                K.fp8_gemv_rows({w, k, ws.s[0].data(), k / 128, n, k}, {a.f32.data(), k, m}, out, 0, n);
-                            else
-                                K.bf16_gemv_rows({reinterpret_cast<const uint16_t*>(w), k, n, k}, {a.f32.data(), k, m}, out, 0, n);
-                        };
+                        const auto call = [&] { call_rows(K, ws, 0, fast, a, m, out, 0, n); };
                         placement.run_on(ci, [&] {
                             for (auto _ : st) call();
                         });
