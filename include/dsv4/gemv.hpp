@@ -150,7 +150,8 @@ inline void check_grouped_fp8(const fp8_matrix& w, std::size_t groups, const cha
 }  // namespace detail
 
 namespace detail {
-inline tier fp8_tier() {
+/// The tier of the kernels in use (runtime dispatch: active_kernels(); else the compiled one).
+inline tier tier_in_use() {
 #if DSV4_RUNTIME_DISPATCH
     return active_kernels().compiled_for;
 #else
@@ -174,7 +175,7 @@ inline constexpr std::size_t fp8_bf16_min_m_avx2 = 12;
 /// m = 2..4 widening the bf16 activations once per weight row costs more than the reference
 /// path's f32 loads); never on the scalar tier.
 inline bool fp8_bf16_preferred(std::size_t m = 1) {
-    const tier t = detail::fp8_tier();
+    const tier t = detail::tier_in_use();
     if (t == tier::scalar) return false;
     if (t == tier::avx2 || t == tier::avx2_vnni) return m == 1 || m >= fp8_bf16_min_m_avx2;
     return t >= tier::avx512_bf16 || m >= kernels::fp8_gemm_min_m;
@@ -182,7 +183,7 @@ inline bool fp8_bf16_preferred(std::size_t m = 1) {
 
 /// Whether fp8_bf16_preferred(m) holds for some m: callers that size buffers once for any
 /// row count.
-inline bool fp8_bf16_possible() { return detail::fp8_tier() != tier::scalar; }
+inline bool fp8_bf16_possible() { return detail::tier_in_use() != tier::scalar; }
 
 /// y = x * w^T for FP8 weights, fast mode (x: to_bf16_blocks output). The fastest FP8 path
 /// on avx512_bf16 (vdpbf16ps) and, for one token, on the AVX2 tiers; other tiers compute

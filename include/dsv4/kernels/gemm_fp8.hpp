@@ -91,16 +91,6 @@ DSV4_INLINE void for_block_pairs(const uint8_t* w, std::size_t stride, std::size
         }
 }
 
-/// e4m3 byte pairs sign-extended to 16 bits -> bf16 bits of e4m3 * 2^-120 (fp8_to_bf16_bits).
-DSV4_INLINE __m256i fp8_words_to_bf16(__m256i v) noexcept {
-    return _mm256_and_si256(_mm256_slli_epi16(v, 4), _mm256_set1_epi16(int16_t(0x87F0)));
-}
-#  if defined(__AVX512F__) && defined(__AVX512BW__)
-/// The same for 16 byte pairs (32 codes) at once: 16 rows' pairs of one k pair.
-DSV4_INLINE __m512i fp8_pairs_to_bf16(__m256i pairs) noexcept {
-    return _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(pairs), 4), _mm512_set1_epi16(int16_t(0x87F0)));
-}
-#  endif
 #endif
 
 // ---------------------------------------------------------------------------------------
@@ -118,7 +108,7 @@ struct bf16_variant {
     /// columns c >= nr are zero.
     static DSV4_INLINE void pack(const uint8_t* w, std::size_t stride, std::size_t nr, uint32_t* panel) noexcept {
         for_block_pairs<panel_n>(w, stride, nr, [&](std::size_t p, std::size_t c0, __m256i r) {
-            _mm512_store_si512(panel + p * panel_n + c0, fp8_pairs_to_bf16(r));
+            _mm512_store_si512(panel + p * panel_n + c0, simd::fp8_to_bf16_words(r));
         });
     }
 
@@ -199,18 +189,19 @@ template <class Arch> struct f32_variant {
             float* odd = even + panel_n;                 // k = 2p + 1
 #  if defined(__AVX512F__) && defined(__AVX512BW__)
             if constexpr (L == 16) {
-                const __m512i t = fp8_pairs_to_bf16(r);
-                _mm512_store_si512(even, _mm512_slli_epi32(t, 16));
-                _mm512_store_si512(odd, _mm512_and_si512(t, _mm512_set1_epi32(int(0xFFFF0000u))));
+                __m512 e, o;
+                simd::bf16_words_to_f32_pairs(simd::fp8_to_bf16_words(r), e, o);
+                _mm512_store_ps(even, e);
+                _mm512_store_ps(odd, o);
                 return;
             }
 #  endif
             for (std::size_t h = 0; h < 2; ++h) {  // rows c0 + 8h .. c0 + 8h + 7
-                const __m128i b = h ? _mm256_extracti128_si256(r, 1) : _mm256_castsi256_si128(r);
-                const __m256i t = fp8_words_to_bf16(_mm256_cvtepi8_epi16(b));
-                _mm256_store_si256(reinterpret_cast<__m256i*>(even + 8 * h), _mm256_slli_epi32(t, 16));
-                _mm256_store_si256(reinterpret_cast<__m256i*>(odd + 8 * h),
-                                   _mm256_and_si256(t, _mm256_set1_epi32(int(0xFFFF0000u))));
+                __m256 e, o;
+                simd::bf16_words_to_f32_pairs(
+                    simd::fp8_to_bf16_words(h ? _mm256_extracti128_si256(r, 1) : _mm256_castsi256_si128(r)), e, o);
+                _mm256_store_ps(even + 8 * h, e);
+                _mm256_store_ps(odd + 8 * h, o);
             }
         });
     }

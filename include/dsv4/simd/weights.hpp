@@ -99,25 +99,31 @@ DSV4_INLINE void fp8_to_f32_scaled(arch::avx2, const uint8_t* p, vf32<arch::avx2
     hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
 
+/// 16 e4m3 codes -> e4m3 * 2^-120 as bf16 bit patterns (16-bit lanes): sign-extended to 16
+/// bits, shifted by 4 and masked, the code's exponent and mantissa land in bf16's fields (f32's
+/// exponent field, hence the 2^-120). Subnormal codes become bf16 subnormals (m * 2^-129); the
+/// NaN codes 0x7F/0xFF come out as 480 * 2^-120.
+DSV4_INLINE __m256i fp8_to_bf16_words(__m128i codes) noexcept {
+    return _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(codes), 4), _mm256_set1_epi16(int16_t(0x87F0)));
+}
+/// 16 bf16 bit patterns -> f32 split by parity: even[i] = element 2i (the low half of a
+/// 32-bit lane shifted up), odd[i] = element 2i + 1 (the high half, low half cleared). Two
+/// ops, exact.
+DSV4_INLINE void bf16_words_to_f32_pairs(__m256i v, __m256& even, __m256& odd) noexcept {
+    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u))));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
 /// 16 e4m3 bytes -> e4m3 * 2^-120 as f32, split by parity: even[i] = weight 2i, odd[i] =
-/// weight 2i + 1 (the pairing of bf16_pairs_to_f32). Integer ops only, no F16C: the bytes,
-/// sign-extended to 16 bits and shifted by 4, are bf16 bit patterns once masked (as
-/// fp8_to_bf16_bits); a 32-bit lane holds two, and the odd one is the f32 of its high half
-/// with the low half cleared, the even one that of its low half shifted up. Five ops per 16
-/// weights (F16C: six, two of them 2-uop conversions). Subnormal codes become exact f32
-/// subnormals (m * 2^-129); the NaN codes 0x7F/0xFF come out as 480 * 2^-120.
+/// weight 2i + 1 (the pairing of bf16_pairs_to_f32). Integer ops only, no F16C: five ops per
+/// 16 weights (F16C: six, two of them 2-uop conversions). Subnormal codes become exact f32
+/// subnormals.
 DSV4_INLINE void fp8_to_f32_pairs(arch::avx2, const uint8_t* p, __m256& even, __m256& odd) noexcept {
-    const __m256i t = _mm256_and_si256(
-        _mm256_slli_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 4),
-        _mm256_set1_epi16(int16_t(0x87F0)));
-    odd = _mm256_castsi256_ps(_mm256_and_si256(t, _mm256_set1_epi32(int(0xFFFF0000u))));
-    even = _mm256_castsi256_ps(_mm256_slli_epi32(t, 16));
+    bf16_words_to_f32_pairs(fp8_to_bf16_words(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), even, odd);
 }
 /// 16 bf16 values -> f32 split by parity, as fp8_to_f32_pairs: two ops (exact).
 DSV4_INLINE void bf16_pairs_to_f32(arch::avx2, const uint16_t* p, __m256& even, __m256& odd) noexcept {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(int(0xFFFF0000u))));
-    even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    bf16_words_to_f32_pairs(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), even, odd);
 }
 
 /// 32 e2m1 values (16 bytes, element 2k in the low nibble of byte k) -> 4 x 8 f32 of 2*e2m1.
@@ -250,6 +256,16 @@ DSV4_INLINE void fp4q8_super_fma(A, const uint8_t* w, const uint8_t* sw, const i
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
+/// fp8_to_bf16_words on 32 codes (16-bit lanes of a zmm).
+DSV4_INLINE __m512i fp8_to_bf16_words(__m256i codes) noexcept {
+    return _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(codes), 4), _mm512_set1_epi16(int16_t(0x87F0)));
+}
+/// bf16_words_to_f32_pairs on 32 bf16 values (16 even, 16 odd).
+DSV4_INLINE void bf16_words_to_f32_pairs(__m512i v, __m512& even, __m512& odd) noexcept {
+    odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(int(0xFFFF0000u))));
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+}
+
 // ------------------------------------------------------------------ AVX-512
 DSV4_INLINE void fp8_to_f32_scaled(arch::avx512, const uint8_t* p, vf32<arch::avx512>& lo,
                                    vf32<arch::avx512>& hi) noexcept {
@@ -275,8 +291,7 @@ DSV4_INLINE __m512 fp8_to_f32_bits(arch::avx512, const uint8_t* p) noexcept {
 /// become bf16 subnormals, which vdpbf16ps reads as zero (its inputs are DAZ): the one
 /// approximation of the fast FP8 path (kernels/gemv.hpp states the bound).
 DSV4_INLINE __m512bh fp8_to_bf16_bits(arch::avx512_bf16, const uint8_t* p) noexcept {
-    const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return (__m512bh)_mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16(int16_t(0x87F0)));  // vector bit cast
+    return (__m512bh)fp8_to_bf16_words(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));  // vector bit cast
 }
 #  endif
 
