@@ -53,6 +53,24 @@ namespace kernels {
 template <class Arch>
 bool fp8_gemm_bf16_rows(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,
                         std::size_t r1, std::size_t min_m) noexcept;
+/// Small-M GEMM of the reference FP8 / FP4 paths (gemm_ref.hpp, included at the end; the
+/// same bits as the row kernels): the row kernels where the tier has no such GEMM.
+template <class Arch>
+void fp8_gemm_ref_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
+                       std::size_t r1) noexcept;
+template <class Arch>
+void fp4_gemm_ref_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
+                       std::size_t r1) noexcept;
+template <class Arch>
+void fp4_gate_up_ref_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
+                          const gemv_out& out, std::size_t r0, std::size_t r1) noexcept;
+/// Activation rows from which the reference FP8 / FP4 paths take that GEMM (Zen 4: at 4 rows
+/// 1.1-2.4x the row kernel's rate; at 2-3 rows FP8 gains, FP4 loses; docs/benchmarks.md). -DDSV4_GEMM_REF_MIN_M=N overrides it (a huge N
+/// measures the row kernels alone; the bits are the same either way).
+#ifndef DSV4_GEMM_REF_MIN_M
+#  define DSV4_GEMM_REF_MIN_M 4
+#endif
+inline constexpr std::size_t gemm_ref_min_m = DSV4_GEMM_REF_MIN_M;
 /// Activation rows from which the FP8 GEMM runs (bench_gemm, Zen 4: 0.8x the row time at 5 on
 /// avx512_bf16; on the f32 variant the GEMM's rate at 5 rows matches the row kernel's at 4).
 inline constexpr std::size_t fp8_gemm_min_m = 5;
@@ -683,13 +701,23 @@ void bf16_gemv_bf16_rows(const bf16_matrix& w, const bf16_rows& x, const gemv_ou
         [&](std::size_t m, std::size_t n, float v) { gemv_detail::store_out(out, m, n, v); });
 }
 
+namespace gemv_detail {
+/// The reference FP8 path on the row kernel (all M).
+template <class Arch>
+void fp8_row_path(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
+    f32_rows_and_tiles(x, out, r0, r1, [&]<std::size_t MT>(std::size_t n, const float** p, float* y) {
+        dot_fp8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride, w.k, p, y);
+    });
+}
+}  // namespace gemv_detail
+
+/// FP8 GEMV, reference mode (f32 activations); from gemm_ref_min_m rows the GEMM of
+/// gemm_ref.hpp (the same bits).
 template <class Arch>
 void fp8_gemv_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
                    std::size_t r1) noexcept {
-    gemv_detail::f32_rows_and_tiles(x, out, r0, r1, [&]<std::size_t MT>(std::size_t n, const float** p, float* y) {
-        gemv_detail::dot_fp8_row<Arch, MT>(w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride,
-                                             w.k, p, y);
-    });
+    if (x.m >= gemm_ref_min_m) fp8_gemm_ref_rows<Arch>(w, x, out, r0, r1);
+    else gemv_detail::fp8_row_path<Arch>(w, x, out, r0, r1);
 }
 
 /// FP8 GEMV, fast mode (activations from to_bf16_blocks; dot_fp8_bf16_row states the numerics).
@@ -737,12 +765,22 @@ void fp8_grouped_gemv_bf16_rows(const fp8_matrix& w, std::size_t groups, const b
     }
 }
 
+namespace gemv_detail {
+/// The reference FP4 path on the row kernel (all M).
+template <class Arch>
+void fp4_row_path(const fp4_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
+    f32_rows_and_tiles(x, out, r0, r1, [&]<std::size_t MT>(std::size_t n, const float** p, float* y) {
+        dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, p, y);
+    });
+}
+}  // namespace gemv_detail
+
+/// FP4 GEMV, reference mode; from gemm_ref_min_m rows the GEMM of gemm_ref.hpp (the same bits).
 template <class Arch>
 void fp4_gemv_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
                    std::size_t r1) noexcept {
-    gemv_detail::f32_rows_and_tiles(x, out, r0, r1, [&]<std::size_t MT>(std::size_t n, const float** p, float* y) {
-        gemv_detail::dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, p, y);
-    });
+    if (x.m >= gemm_ref_min_m) fp4_gemm_ref_rows<Arch>(w, x, out, r0, r1);
+    else gemv_detail::fp4_row_path<Arch>(w, x, out, r0, r1);
 }
 
 /// FP4 GEMV, fast mode. From gemm4_min_m activation rows on (and k % 512 == 0) the
@@ -789,19 +827,28 @@ DSV4_INLINE void gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, std::s
 }
 }  // namespace gemv_detail
 
+namespace gemv_detail {
+/// The reference gate+up path on the row kernel (all M).
+template <class Arch>
+void fp4_gate_up_row_path(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
+                          const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
+    gate_up_rows(w1, w3, x.m, e, out, r0, r1, [&]<std::size_t MT>(std::size_t n, std::size_t m0, const fp4_matrix& w, float* y) {
+        const float* p[MT];
+        tile_ptrs<MT>(x, m0, p);
+        dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride, w.k, p, y);
+    });
+}
+}  // namespace gemv_detail
+
 /// Fused routed-expert gate+up (spec §8.2), reference mode: for rows [r0, r1) of w1/w3
 /// (same shape), h[m, n] = swiglu(bf16(w1 x), bf16(w3 x)). One pass: the activation tile
 /// is read from L1 for both matrices.
+/// From gemm_ref_min_m rows, the GEMM of gemm_ref.hpp (the same bits).
 template <class Arch>
 void fp4_gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
                       const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
-    gemv_detail::gate_up_rows(w1, w3, x.m, e, out, r0, r1,
-                              [&]<std::size_t MT>(std::size_t n, std::size_t m0, const fp4_matrix& w, float* y) {
-                                  const float* p[MT];
-                                  gemv_detail::tile_ptrs<MT>(x, m0, p);
-                                  gemv_detail::dot_fp4_row<Arch, MT>(w.w + n * w.w_stride, w.scale + n * w.scale_stride,
-                                                                     w.k, p, y);
-                              });
+    if (x.m >= gemm_ref_min_m) fp4_gate_up_ref_rows<Arch>(w1, w3, x, e, out, r0, r1);
+    else gemv_detail::fp4_gate_up_row_path<Arch>(w1, w3, x, e, out, r0, r1);
 }
 
 /// Fused gate+up, fast mode (int8 activations); the GEMM from gemm4_min_m rows on, as
@@ -834,3 +881,4 @@ void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_ro
 }  // namespace dsv4
 
 #include "gemm_fp8.hpp"
+#include "gemm_ref.hpp"
