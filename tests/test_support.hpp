@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -74,5 +75,23 @@ struct rng {
         return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853f * u2);
     }
 };
+
+/// same_float over two vectors of the same length.
+inline bool same_floats(const std::vector<float>& a, const std::vector<float>& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (!same_float(a[i], b[i])) return false;
+    return true;
+}
+
+/// Runs fn(r0, r1) over [0, n) in pieces of random length (1..70): a row split that aligns
+/// with no tile or block.
+template <class Fn> void in_pieces(std::size_t n, rng& r, Fn&& fn) {
+    for (std::size_t a = 0; a < n;) {
+        const std::size_t b = std::min(n, a + 1 + r.u32() % 70);
+        fn(a, b);
+        a = b;
+    }
+}
 
 }  // namespace dsv4_test

@@ -66,21 +66,6 @@ double term_abs_sum(const fp4_weights& W, const q8_acts& X, std::size_t mi, std:
     return sum;
 }
 
-/// Runs `fn(x, out, r0, r1)` over [0, n) in pieces of random length (1..70).
-template <class Fn> void in_pieces(std::size_t n, rng& r, Fn&& fn) {
-    for (std::size_t a = 0; a < n;) {
-        const std::size_t b = std::min(n, a + 1 + r.u32() % 70);
-        fn(a, b);
-        a = b;
-    }
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-    for (std::size_t i = 0; i < a.size(); ++i)
-        if (!same_float(a[i], b[i])) return false;
-    return true;
-}
-
 }  // namespace
 
 TEST_CASE("gemm4: FP4 fast GEMV (w2 shape) = the row path's bits per row, any split; scalar within the bound") {
@@ -99,13 +84,13 @@ TEST_CASE("gemm4: FP4 fast GEMV (w2 shape) = the row path's bits per row, any sp
         // row by row (M = 1: the row path on every tier)
         for (std::size_t i = 0; i < m; ++i)
             act.fp4_gemv_q8_rows(W.view(), X.rows(i, 1), {y1.data() + i * n, nullptr, n}, 0, n);
-        CHECK(same_bits(y, y1));
+        CHECK(same_floats(y, y1));
         for (std::size_t i = 0; i < m; ++i) CHECK(!std::isfinite(y[i * n + 70]));
         // any row split, ranges not aligned to the column tiles
         in_pieces(n, r, [&](std::size_t a, std::size_t b) {
             act.fp4_gemv_q8_rows(W.view(), X.all(), {y2.data(), nullptr, n}, a, b);
         });
-        CHECK(same_bits(y, y2));
+        CHECK(same_floats(y, y2));
         // bf16 output: the rounding of the f32 result
         std::vector<uint16_t> yb(m * n);
         act.fp4_gemv_q8_rows(W.view(), X.all(), {nullptr, yb.data(), n}, 0, n);
@@ -153,11 +138,11 @@ TEST_CASE("gemm4: fused FP4 gate+up (k = 4096) = the row path's bits per row, an
             const dsv4::swiglu_epilogue ei{rw.data() + i, 10.0f};
             act.fp4_gate_up_q8_rows(W1.view(), W3.view(), X.rows(i, 1), ei, {h1.data() + i * n, nullptr, n}, 0, n);
         }
-        CHECK(same_bits(h, h1));
+        CHECK(same_floats(h, h1));
         in_pieces(n, r, [&](std::size_t a, std::size_t b) {
             act.fp4_gate_up_q8_rows(W1.view(), W3.view(), X.all(), e, {h2.data(), nullptr, n}, a, b);
         });
-        CHECK(same_bits(h, h2));
+        CHECK(same_floats(h, h2));
         // the scalar tier on a window: the same epilogue on projections within the bound
         const std::size_t r0 = 990, r1 = 990 + 45;
         std::fill(h2.begin(), h2.end(), 0.0f);

@@ -32,30 +32,15 @@ struct f32_acts {
     dsv4::f32_rows all() const { return rows(0, m); }
 };
 
-/// Runs fn(r0, r1) over [0, n) in pieces of random length (1..70).
-template <class Fn> void in_pieces(std::size_t n, rng& r, Fn&& fn) {
-    for (std::size_t a = 0; a < n;) {
-        const std::size_t b = std::min(n, a + 1 + r.u32() % 70);
-        fn(a, b);
-        a = b;
-    }
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-    for (std::size_t i = 0; i < a.size(); ++i)
-        if (!same_float(a[i], b[i])) return false;
-    return true;
-}
-
 /// The three ways of running one projection that must agree bit for bit: all M rows over
 /// all N, each row alone, all rows over random row ranges; plus bf16 output = bf16(f32).
 template <class Run> void check_same_bits(std::size_t m, std::size_t n, rng& r, Run&& run) {
     std::vector<float> y(m * n), y1(m * n), y2(m * n);
     run(0, m, dsv4::gemv_out{y.data(), nullptr, n}, 0, n);
     for (std::size_t i = 0; i < m; ++i) run(i, 1, dsv4::gemv_out{y1.data() + i * n, nullptr, n}, 0, n);
-    CHECK(same_bits(y, y1));
+    CHECK(same_floats(y, y1));
     in_pieces(n, r, [&](std::size_t a, std::size_t b) { run(0, m, dsv4::gemv_out{y2.data(), nullptr, n}, a, b); });
-    CHECK(same_bits(y, y2));
+    CHECK(same_floats(y, y2));
     std::vector<uint16_t> yb(m * n);
     run(0, m, dsv4::gemv_out{nullptr, yb.data(), n}, 0, n);
     std::size_t diff = 0;

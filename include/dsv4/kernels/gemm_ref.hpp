@@ -52,8 +52,7 @@ template <class A> inline constexpr bool supported = simd::is_avx512<A>;
 /// Tiles of 4 activation rows x 4 weight rows: 16 accumulators, then 4 decoded weight vectors
 /// (FP8) or 8 (FP4) and the activations of 32 zmm. 4 x 4 measured best on Zen 4 for both
 /// (1.0-1.6x the rate of 6 x 4, 5 x 4, 8 x 3 or 7 x 3, which spill or starve the load port).
-inline constexpr std::size_t fp8_mr = 4, fp8_nr = 4;
-inline constexpr std::size_t fp4_mr = 4, fp4_nr = 4;
+inline constexpr std::size_t tile_mr = 4, tile_nr = 4;
 
 /// The FP8 row kernel's fold factor 2^(e - 7) = E8M0(e) * 2^120 for e in the fold range.
 struct fp8_fold_lut {
@@ -164,6 +163,41 @@ DSV4_INLINE void run_block(const wrow* vr, std::size_t nv, const f32_rows& x, st
     }
 }
 
+/// emit for one projection: a tile's results straight to out.
+struct plain_store {
+    const gemv_out& out;
+    DSV4_INLINE void operator()(std::size_t nb0, std::size_t nb1, std::size_t m0, std::size_t mr,
+                                const float* y) const noexcept {
+        for (std::size_t j = 0; j < mr; ++j)
+            for (std::size_t n = nb0; n < nb1; ++n) gemv_detail::store_out(out, m0 + j, n, y[j * (nb1 - nb0) + n - nb0]);
+    }
+};
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+/// The GEMM over output rows [r0, r1) in row blocks of NB: rows(nb0, nb1, vr) lists the
+/// block's weight rows and returns how many (0: the block takes the row kernel, all M);
+/// emit(nb0, nb1, m0, mr, y) writes a tile's results; row_path(m0, n0, n1) runs the row
+/// kernel for activation rows [m0, M) (the remainder under MR / 2 rows).
+template <class Arch, bool Fp8, class Rows, class Emit, class RowPath>
+DSV4_INLINE void run_rows(const f32_rows& x, std::size_t k, std::size_t r0, std::size_t r1, Rows&& rows, Emit&& emit,
+                          RowPath&& row_path) noexcept {
+    const std::size_t mg = gemm_rows(x.m, tile_mr);
+    for (std::size_t nb0 = r0; nb0 < r1; nb0 += NB) {
+        const std::size_t nb1 = std::min(r1, nb0 + NB);
+        wrow vr[2 * NB];
+        const std::size_t nv = rows(nb0, nb1, vr);
+        if (nv == 0) {
+            row_path(0, nb0, nb1);
+            continue;
+        }
+        run_block<Arch, Fp8, tile_mr, tile_nr>(vr, nv, x, mg, k, [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE {
+            emit(nb0, nb1, m0, mr, y);
+        });
+    }
+    if (mg < x.m) row_path(mg, r0, r1);
+}
+#endif
+
 /// Rows [m0, x.m) of x / out as views of their own.
 inline f32_rows rows_from(const f32_rows& x, std::size_t m0) noexcept { return {x.x + m0 * x.stride, x.stride, x.m - m0}; }
 inline gemv_out out_from(const gemv_out& o, std::size_t m0) noexcept {
@@ -182,65 +216,57 @@ template <class A> constexpr bool gemm_ref_applies(std::size_t m) noexcept {
 template <class Arch>
 void fp8_gemm_ref_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
                        std::size_t r1) noexcept {
+    // rows [m0, x.m) x weight rows [n0, n1) on the row kernel
+    const auto row_path = [&](std::size_t m0, std::size_t n0, std::size_t n1) {
+        gemv_detail::fp8_row_path<Arch>(w, gemm_ref_detail::rows_from(x, m0), gemm_ref_detail::out_from(out, m0), n0, n1);
+    };
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     if constexpr (gemm_ref_detail::supported<Arch>) {
-        using namespace gemm_ref_detail;
-        const std::size_t mg = gemm_rows(x.m, fp8_mr), nsb = w.k / 128;
-        for (std::size_t nb0 = r0; nb0 < r1; nb0 += NB) {
-            const std::size_t nb1 = std::min(r1, nb0 + NB);
-            wrow vr[NB];
-            bool foldable = true;
-            for (std::size_t n = nb0; n < nb1; ++n) {
-                vr[n - nb0] = {w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride};
-                for (std::size_t b = 0; b < nsb; ++b) {
-                    const uint8_t e = vr[n - nb0].s[b];
-                    foldable = foldable && e >= gemv_detail::fp8_fold_e_min && e <= gemv_detail::fp8_fold_e_max;
-                }
-            }
-            if (!foldable || w.k % 128 != 0) {
-                gemv_detail::fp8_row_path<Arch>(w, x, out, nb0, nb1);
-                continue;
-            }
-            run_block<Arch, true, fp8_mr, fp8_nr>(vr, nb1 - nb0, x, mg, w.k,
-                                                  [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE {
-                                                      for (std::size_t j = 0; j < mr; ++j)
-                                                          for (std::size_t n = nb0; n < nb1; ++n)
-                                                              gemv_detail::store_out(out, m0 + j, n, y[j * (nb1 - nb0) + n - nb0]);
-                                                  });
+        if (w.k % 128 == 0) {
+            const std::size_t nsb = w.k / 128;
+            gemm_ref_detail::run_rows<Arch, true>(
+                x, w.k, r0, r1,
+                [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) {
+                    bool foldable = true;  // else the block takes the row kernel
+                    for (std::size_t n = nb0; n < nb1; ++n) {
+                        vr[n - nb0] = {w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride};
+                        for (std::size_t b = 0; b < nsb; ++b) {
+                            const uint8_t e = vr[n - nb0].s[b];
+                            foldable = foldable && e >= gemv_detail::fp8_fold_e_min && e <= gemv_detail::fp8_fold_e_max;
+                        }
+                    }
+                    return foldable ? nb1 - nb0 : 0;
+                },
+                gemm_ref_detail::plain_store{out}, row_path);
+            return;
         }
-        if (mg < x.m) gemv_detail::fp8_row_path<Arch>(w, rows_from(x, mg), out_from(out, mg), r0, r1);
-        return;
     }
 #endif
-    gemv_detail::fp8_row_path<Arch>(w, x, out, r0, r1);
+    row_path(0, r0, r1);
 }
 
 /// Reference FP4 GEMV rows [r0, r1) through the GEMM where the tier has it.
 template <class Arch>
 void fp4_gemm_ref_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& out, std::size_t r0,
                        std::size_t r1) noexcept {
+    const auto row_path = [&](std::size_t m0, std::size_t n0, std::size_t n1) {
+        gemv_detail::fp4_row_path<Arch>(w, gemm_ref_detail::rows_from(x, m0), gemm_ref_detail::out_from(out, m0), n0, n1);
+    };
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     if constexpr (gemm_ref_detail::supported<Arch>) {
-        using namespace gemm_ref_detail;
         if (w.k % 32 == 0) {
-            const std::size_t mg = gemm_rows(x.m, fp4_mr);
-            for (std::size_t nb0 = r0; nb0 < r1; nb0 += NB) {
-                const std::size_t nb1 = std::min(r1, nb0 + NB);
-                wrow vr[NB];
-                for (std::size_t n = nb0; n < nb1; ++n) vr[n - nb0] = {w.w + n * w.w_stride, w.scale + n * w.scale_stride};
-                run_block<Arch, false, fp4_mr, fp4_nr>(
-                    vr, nb1 - nb0, x, mg, w.k, [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE {
-                        for (std::size_t j = 0; j < mr; ++j)
-                            for (std::size_t n = nb0; n < nb1; ++n)
-                                gemv_detail::store_out(out, m0 + j, n, y[j * (nb1 - nb0) + n - nb0]);
-                    });
-            }
-            if (mg < x.m) gemv_detail::fp4_row_path<Arch>(w, rows_from(x, mg), out_from(out, mg), r0, r1);
+            gemm_ref_detail::run_rows<Arch, false>(
+                x, w.k, r0, r1,
+                [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) {
+                    for (std::size_t n = nb0; n < nb1; ++n) vr[n - nb0] = {w.w + n * w.w_stride, w.scale + n * w.scale_stride};
+                    return nb1 - nb0;
+                },
+                gemm_ref_detail::plain_store{out}, row_path);
             return;
         }
     }
 #endif
-    gemv_detail::fp4_row_path<Arch>(w, x, out, r0, r1);
+    row_path(0, r0, r1);
 }
 
 /// Reference fused gate+up rows [r0, r1) through the GEMM: each row block's w1 and w3 rows
@@ -248,37 +274,39 @@ void fp4_gemm_ref_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& o
 template <class Arch>
 void fp4_gate_up_ref_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
                           const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
+    const auto row_path = [&](std::size_t m0, std::size_t n0, std::size_t n1) {
+        const swiglu_epilogue em{e.route_weights ? e.route_weights + m0 : nullptr, e.limit};
+        gemv_detail::fp4_gate_up_row_path<Arch>(w1, w3, gemm_ref_detail::rows_from(x, m0), em,
+                                                gemm_ref_detail::out_from(out, m0), n0, n1);
+    };
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     if constexpr (gemm_ref_detail::supported<Arch>) {
-        using namespace gemm_ref_detail;
         if (w1.k % 32 == 0) {
-            const std::size_t mg = gemm_rows(x.m, fp4_mr);
-            for (std::size_t nb0 = r0; nb0 < r1; nb0 += NB) {
-                const std::size_t nb1 = std::min(r1, nb0 + NB), nn = nb1 - nb0;
-                wrow vr[2 * NB];
-                for (std::size_t n = nb0; n < nb1; ++n) {
-                    vr[n - nb0] = {w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride};
-                    vr[nn + n - nb0] = {w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride};
-                }
-                run_block<Arch, false, fp4_mr, fp4_nr>(
-                    vr, 2 * nn, x, mg, w1.k, [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE {
-                        for (std::size_t j = 0; j < mr; ++j) {
-                            const float rw = e.route_weights ? e.route_weights[m0 + j] : 1.0f;
-                            for (std::size_t i = 0; i < nn; ++i)
-                                gemv_detail::store_out(out, m0 + j, nb0 + i,
-                                                       gemv_detail::swiglu(y[j * 2 * nn + i], y[j * 2 * nn + nn + i], rw, e.limit));
-                        }
-                    });
-            }
-            if (mg < x.m) {
-                const swiglu_epilogue er{e.route_weights ? e.route_weights + mg : nullptr, e.limit};
-                gemv_detail::fp4_gate_up_row_path<Arch>(w1, w3, rows_from(x, mg), er, out_from(out, mg), r0, r1);
-            }
+            gemm_ref_detail::run_rows<Arch, false>(
+                x, w1.k, r0, r1,
+                [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) {
+                    const std::size_t nn = nb1 - nb0;
+                    for (std::size_t n = nb0; n < nb1; ++n) {
+                        vr[n - nb0] = {w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride};
+                        vr[nn + n - nb0] = {w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride};
+                    }
+                    return 2 * nn;
+                },
+                [&](std::size_t nb0, std::size_t nb1, std::size_t m0, std::size_t mr, const float* y) {
+                    const std::size_t nn = nb1 - nb0;
+                    for (std::size_t j = 0; j < mr; ++j) {
+                        const float rw = e.route_weights ? e.route_weights[m0 + j] : 1.0f;
+                        for (std::size_t i = 0; i < nn; ++i)
+                            gemv_detail::store_out(out, m0 + j, nb0 + i,
+                                                   gemv_detail::swiglu(y[j * 2 * nn + i], y[j * 2 * nn + nn + i], rw, e.limit));
+                    }
+                },
+                row_path);
             return;
         }
     }
 #endif
-    gemv_detail::fp4_gate_up_row_path<Arch>(w1, w3, x, e, out, r0, r1);
+    row_path(0, r0, r1);
 }
 
 }  // namespace kernels
