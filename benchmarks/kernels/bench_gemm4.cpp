@@ -1,5 +1,5 @@
 // FP4 small-M GEMM (kernels/gemm_fp4.hpp) at the routed-expert shapes, fast mode, through
-// the row-range entry points the MoE calls (from gemm4_min_m rows on they run the GEMM):
+// the row-range entry points the MoE calls (from gemm4_min_m<tier> rows on they run the GEMM):
 //   gemm4/gate_up/<tier>/2048x4096/m<M>/t<T>   fp4_gate_up_q8_rows (w1 + w3 + SwiGLU)
 //   gemm4/w2/<tier>/4096x2048/m<M>/t<T>        fp4_gemv_q8_rows
 // M in {3 (the row path, below the threshold), 4, 8, 16, 32, 64}. One copy of the weights

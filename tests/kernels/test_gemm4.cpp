@@ -76,7 +76,7 @@ TEST_CASE("gemm4: FP4 fast GEMV (w2 shape) = the row path's bits per row, any sp
     const std::size_t n = 4096, k = 2048;
     fp4_weights W(n, k, 3, r);
     W.s[70 * (k / 32 + 3) + 40] = 255;  // E8M0 NaN: the output is non-finite, as in the row path
-    for (std::size_t m : {3, 4, 8, 13, 32}) {
+    for (std::size_t m : {3, 4, 5, 6, 8, 13, 32}) {
         CAPTURE(m);
         const q8_acts X(m, k, r);
         std::vector<float> y(m * n), y1(m * n), y2(m * n);
@@ -126,7 +126,7 @@ TEST_CASE("gemm4: fused FP4 gate+up (k = 4096) = the row path's bits per row, an
     // turn finite; the GEMM must give the same bits (the scalar tier's NaN is not compared)
     W1.s[5 * (k / 32) + 17] = 255;
     W3.s[1000 * (k / 32 + 7) + 127] = 255;
-    for (std::size_t m : {3, 4, 8, 13, 32}) {
+    for (std::size_t m : {3, 4, 5, 6, 8, 13, 32}) {
         CAPTURE(m);
         const q8_acts X(m, k, r);
         std::vector<float> rw(m);

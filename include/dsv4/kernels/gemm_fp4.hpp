@@ -21,7 +21,7 @@
 // So the result does not depend on M, on the tile an (m, n) falls in, on the row split,
 // or on whether the GEMM or the row path ran (the MoE's chunking invariance holds).
 //
-// Dispatch (gemm4_applies): the AVX2 and AVX-512 tiers, x.m >= gemm4_min_m, k % 512 == 0
+// Dispatch (gemm4_applies): the AVX2 and AVX-512 tiers, x.m >= gemm4_min_m<A>, k % 512 == 0
 // (the row path then runs only whole superblocks of 16 blocks, whose lane order is
 // replicated here) and k <= gemm4_max_k (the panel lives on the stack). Otherwise, and for
 // the scalar tier and the reference numerics' f32 path, the row path runs.
@@ -38,14 +38,18 @@ namespace dsv4 {
 inline namespace DSV4_ISA_NS {
 namespace kernels {
 
-/// Fewest activation rows for which the row-range kernels take the GEMM (bench_gemm4 against
-/// the row path on Zen 4: 0.75x at M = 4, 1.1-1.2x at 8, 1.35-1.6x from 16; see
-/// docs/benchmarks.md). -DDSV4_GEMM4_MIN_M=N overrides it for experiments (a huge N
-/// measures the row path alone; the results are the same bits either way).
-#ifndef DSV4_GEMM4_MIN_M
-#  define DSV4_GEMM4_MIN_M 8
+/// Fewest activation rows for which the row-range kernels take the GEMM, per tier. AVX2
+/// (tiles of 4 rows): 8 (bench_gemm4 against the row path on Zen 4, the 8-row AVX-512 tile
+/// of then: 0.75x at M = 4, 1.1-1.2x at 8, 1.35-1.6x from 16). AVX-512 (tiles of 6 rows,
+/// slot-major): 5 (Zen 4, avx512_bf16, gate+up / w2: 0.97x / 1.2x at 5, 1.07x / 1.25x at
+/// 6, 1.0x / 0.85x at 4; docs/benchmarks.md). -DDSV4_GEMM4_MIN_M=N sets it for every tier
+/// (experiments: a huge N measures the row path alone; the results are the same bits
+/// either way).
+#ifdef DSV4_GEMM4_MIN_M
+template <class A> inline constexpr std::size_t gemm4_min_m = DSV4_GEMM4_MIN_M;
+#else
+template <class A> inline constexpr std::size_t gemm4_min_m = simd::is_avx512<A> ? 5 : 8;
 #endif
-inline constexpr std::size_t gemm4_min_m = DSV4_GEMM4_MIN_M;
 /// Largest K of the GEMM: the panel (K x 32 bytes + K x 4 bytes of scales) is a stack array.
 inline constexpr std::size_t gemm4_max_k = 4096;
 
@@ -437,7 +441,7 @@ DSV4_INLINE void run_panel(const source* src, const source* next, const q8_rows&
 /// Whether fp4_gemv_q8_rows / fp4_gate_up_q8_rows take the GEMM for m activation rows
 /// and inner dimension k on tier A (the results are the same bits either way).
 template <class A> constexpr bool gemm4_applies(std::size_t m, std::size_t k) noexcept {
-    return gemm4_detail::supported<A> && m >= gemm4_min_m && k % 512 == 0 && k <= gemm4_max_k;
+    return gemm4_detail::supported<A> && m >= gemm4_min_m<A> && k % 512 == 0 && k <= gemm4_max_k;
 }
 
 /// y[m, n] = fp4 w[n, :] . q8 x[m, :] for rows [r0, r1) and every m (gemm4_applies must

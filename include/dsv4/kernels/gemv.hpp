@@ -783,7 +783,7 @@ void fp4_gemv_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& out, 
     else gemv_detail::fp4_row_path<Arch>(w, x, out, r0, r1);
 }
 
-/// FP4 GEMV, fast mode. From gemm4_min_m activation rows on (and k % 512 == 0) the
+/// FP4 GEMV, fast mode. From gemm4_min_m<Arch> activation rows on (and k % 512 == 0) the
 /// register-blocked GEMM of gemm_fp4.hpp runs instead: the same bits, fewer decodes.
 template <class Arch>
 void fp4_gemv_q8_rows(const fp4_matrix& w, const q8_rows& x, const gemv_out& out, std::size_t r0,
@@ -851,7 +851,7 @@ void fp4_gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows
     else gemv_detail::fp4_gate_up_row_path<Arch>(w1, w3, x, e, out, r0, r1);
 }
 
-/// Fused gate+up, fast mode (int8 activations); the GEMM from gemm4_min_m rows on, as
+/// Fused gate+up, fast mode (int8 activations); the GEMM from gemm4_min_m<Arch> rows on, as
 /// fp4_gemv_q8_rows.
 template <class Arch>
 void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_rows& x, const swiglu_epilogue& e,
