@@ -76,6 +76,22 @@ struct rng {
     }
 };
 
+/// A random FP4 matrix (scales 2^-9..2^2) with `pad` bytes after each weight and scale row;
+/// the padding holds NaN codes and NaN scales (0xFF), which no kernel may read.
+struct fp4_weights {
+    std::size_t n, k, pad;
+    std::vector<uint8_t> w, s;
+    fp4_weights(std::size_t n_, std::size_t k_, std::size_t pad_, rng& r) : n(n_), k(k_), pad(pad_) {
+        w.assign(n * (k / 2 + pad), 0xFF);
+        s.assign(n * (k / 32 + pad), 0xFF);  // NaN scales in the padding: never read
+        for (std::size_t i = 0; i < n; ++i) {
+            for (std::size_t j = 0; j < k / 2; ++j) w[i * (k / 2 + pad) + j] = uint8_t(r.u32());
+            for (std::size_t j = 0; j < k / 32; ++j) s[i * (k / 32 + pad) + j] = uint8_t(118 + r.u32() % 12);
+        }
+    }
+    dsv4::fp4_matrix view() const { return {w.data(), k / 2 + pad, s.data(), k / 32 + pad, n, k}; }
+};
+
 /// same_float over two vectors of the same length.
 inline bool same_floats(const std::vector<float>& a, const std::vector<float>& b) {
     if (a.size() != b.size()) return false;

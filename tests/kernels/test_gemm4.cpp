@@ -16,20 +16,6 @@ using namespace dsv4_test;
 
 namespace {
 
-struct fp4_weights {
-    std::size_t n, k, pad;
-    std::vector<uint8_t> w, s;
-    fp4_weights(std::size_t n_, std::size_t k_, std::size_t pad_, rng& r) : n(n_), k(k_), pad(pad_) {
-        w.assign(n * (k / 2 + pad), 0xFF);
-        s.assign(n * (k / 32 + pad), 0xFF);  // NaN scales in the padding: never read
-        for (std::size_t i = 0; i < n; ++i) {
-            for (std::size_t j = 0; j < k / 2; ++j) w[i * (k / 2 + pad) + j] = uint8_t(r.u32());
-            for (std::size_t j = 0; j < k / 32; ++j) s[i * (k / 32 + pad) + j] = uint8_t(118 + r.u32() % 12);
-        }
-    }
-    dsv4::fp4_matrix view() const { return {w.data(), k / 2 + pad, s.data(), k / 32 + pad, n, k}; }
-};
-
 struct q8_acts {
     std::size_t m, k;
     std::vector<int8_t> q;

@@ -80,19 +80,14 @@ TEST_CASE("gemm_ref: reference FP4 GEMM = the row kernel's bits per row, any spl
     rng r(52);
     for (std::size_t k : {std::size_t(1120), std::size_t(2048)}) {  // 1120: 35 blocks, a partial last group
         CAPTURE(k);
-        const std::size_t n = 100, pad = 3, ws = k / 2 + pad, ss = k / 32 + pad;
-        std::vector<uint8_t> w(n * ws, 0xFF), s(n * ss, 255);
-        for (std::size_t i = 0; i < n; ++i) {
-            for (std::size_t j = 0; j < k / 2; ++j) w[i * ws + j] = uint8_t(r.u32());
-            for (std::size_t j = 0; j < k / 32; ++j) s[i * ss + j] = uint8_t(118 + r.u32() % 12);
-        }
-        s[70 * ss + 9] = 255;  // E8M0 NaN: row 70 non-finite, the same bits all the same
-        const dsv4::fp4_matrix W{w.data(), ws, s.data(), ss, n, k};
+        const std::size_t n = 100;
+        fp4_weights W(n, k, 3, r);
+        W.s[70 * (k / 32 + 3) + 9] = 255;  // E8M0 NaN: row 70 non-finite, the same bits all the same
         for (std::size_t m : ms) {
             CAPTURE(m);
             const f32_acts X(m, k, r);
             check_same_bits(m, n, r, [&](std::size_t m0, std::size_t mm, const dsv4::gemv_out& o, std::size_t a, std::size_t b) {
-                act.fp4_gemv_rows(W, X.rows(m0, mm), o, a, b);
+                act.fp4_gemv_rows(W.view(), X.rows(m0, mm), o, a, b);
             });
         }
     }
@@ -101,15 +96,8 @@ TEST_CASE("gemm_ref: reference FP4 GEMM = the row kernel's bits per row, any spl
 TEST_CASE("gemm_ref: reference fused gate+up GEMM = the row kernel's bits per row, any split") {
     const auto& act = active();
     rng r(53);
-    const std::size_t n = 70, k = 1536, pad = 5, ws = k / 2 + pad, ss = k / 32 + pad;
-    std::vector<uint8_t> w1(n * ws, 0xFF), w3(n * ws, 0xFF), s1(n * ss, 255), s3(n * ss, 255);
-    for (auto* p : {&w1, &w3})
-        for (std::size_t i = 0; i < n; ++i)
-            for (std::size_t j = 0; j < k / 2; ++j) (*p)[i * ws + j] = uint8_t(r.u32());
-    for (auto* p : {&s1, &s3})
-        for (std::size_t i = 0; i < n; ++i)
-            for (std::size_t j = 0; j < k / 32; ++j) (*p)[i * ss + j] = uint8_t(117 + r.u32() % 12);
-    const dsv4::fp4_matrix W1{w1.data(), ws, s1.data(), ss, n, k}, W3{w3.data(), ws, s3.data(), ss, n, k};
+    const std::size_t n = 70, k = 1536;
+    const fp4_weights W1(n, k, 5, r), W3(n, k, 5, r);
     for (std::size_t m : ms) {
         CAPTURE(m);
         const f32_acts X(m, k, r);
@@ -118,7 +106,7 @@ TEST_CASE("gemm_ref: reference fused gate+up GEMM = the row kernel's bits per ro
         for (float limit : {10.0f, 0.0f}) {  // the routed experts' clamp, and none (shared expert, initial revision)
             CAPTURE(limit);
             check_same_bits(m, n, r, [&](std::size_t m0, std::size_t mm, const dsv4::gemv_out& o, std::size_t a, std::size_t b) {
-                act.fp4_gate_up_rows(W1, W3, X.rows(m0, mm), {rw.data() + m0, limit}, o, a, b);
+                act.fp4_gate_up_rows(W1.view(), W3.view(), X.rows(m0, mm), {rw.data() + m0, limit}, o, a, b);
             });
         }
     }

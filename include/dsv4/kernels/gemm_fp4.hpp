@@ -60,8 +60,8 @@ inline constexpr std::size_t NR = 2;
 
 template <class A> struct isa;  // per-ISA operations; undefined for the scalar tier
 
-// AVX-512 tiers: zmm, 16 columns per vector, MR = 6 (24 of 32 registers hold accumulators). (On Zen 4 a 512-bit
-// vpdpbusd makes half the products per cycle of 256-bit ones, bench peak/int8/.../w256; a
+// AVX-512 tiers: zmm, 16 columns per vector, MR = 6 (24 of 32 registers hold accumulators).
+// (On Zen 4 a 512-bit vpdpbusd makes half the products per cycle of 256-bit ones, bench peak/int8/.../w256; a
 // 256-bit form of this kernel measured 5-20 % slower there all the same: its per-block
 // conversion and scaling cost twice the instructions per column.)
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -327,6 +327,11 @@ DSV4_INLINE void tile(const uint8_t* panel, const float* ws, std::size_t nblk, c
             }
         }
     };
+    // the row path's term of block b for (row j, source r): cvt(block sum) * (d * ws) + prev,
+    // one rounding
+    const auto block_term = [&](std::size_t b, std::size_t j, std::size_t r, vi acc, vf prev) DSV4_LAMBDA_INLINE {
+        return I::fma(I::cvt(acc), I::mul(I::set1f(d[j][b]), I::loadf(ws + (b * NR + r) * L)), prev);
+    };
     if constexpr (I::slot_major) {
         // slot by slot: slot l gets blocks l, l + S, ... in block order (the row path's lane
         // l), its accumulators stay in registers; one store per slot instead of a load and a
@@ -339,12 +344,8 @@ DSV4_INLINE void tile(const uint8_t* panel, const float* ws, std::size_t nblk, c
                 prefetch(b);
                 vi acc[MR][NR];
                 block_dots(b, acc);
-                const float* wb = ws + b * NR * L;
-                for (std::size_t j = 0; j < MR; ++j) {
-                    const vf dj = I::set1f(d[j][b]);
-                    for (std::size_t r = 0; r < NR; ++r)
-                        f[j][r] = I::fma(I::cvt(acc[j][r]), I::mul(dj, I::loadf(wb + r * L)), f[j][r]);
-                }
+                for (std::size_t j = 0; j < MR; ++j)
+                    for (std::size_t r = 0; r < NR; ++r) f[j][r] = block_term(b, j, r, acc[j][r], f[j][r]);
             }
             for (std::size_t j = 0; j < MR; ++j)
                 for (std::size_t r = 0; r < NR; ++r) I::storef(slots + l * V + (j * NR + r) * L, f[j][r]);
@@ -355,16 +356,12 @@ DSV4_INLINE void tile(const uint8_t* panel, const float* ws, std::size_t nblk, c
             prefetch(b);
             vi acc[MR][NR];
             block_dots(b, acc);
-            // the row path's term: cvt(block sum) * (d * ws) + lane (b % S), one rounding
-            float* sl = slots + (b % S) * V;
-            const float* wb = ws + b * NR * L;
-            for (std::size_t j = 0; j < MR; ++j) {
-                const vf dj = I::set1f(d[j][b]);
+            float* sl = slots + (b % S) * V;  // lane b % S
+            for (std::size_t j = 0; j < MR; ++j)
                 for (std::size_t r = 0; r < NR; ++r) {
                     float* q = sl + (j * NR + r) * L;
-                    I::storef(q, I::fma(I::cvt(acc[j][r]), I::mul(dj, I::loadf(wb + r * L)), I::loadf(q)));
+                    I::storef(q, block_term(b, j, r, acc[j][r], I::loadf(q)));
                 }
-            }
         }
     }
     // the row path's horizontal sum (xsimd::hadd) of lanes 0..S-1, lane-wise over columns:

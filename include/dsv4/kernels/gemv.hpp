@@ -65,8 +65,9 @@ template <class Arch>
 void fp4_gate_up_ref_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
                           const gemv_out& out, std::size_t r0, std::size_t r1) noexcept;
 /// Activation rows from which the reference FP8 / FP4 paths take that GEMM (Zen 4: at 4 rows
-/// 1.1-2.4x the row kernel's rate; at 2-3 rows FP8 gains, FP4 loses; docs/benchmarks.md). -DDSV4_GEMM_REF_MIN_M=N overrides it (a huge N
-/// measures the row kernels alone; the bits are the same either way).
+/// 1.1-2.4x the row kernel's rate; at 2-3 rows FP8 gains, FP4 loses; docs/benchmarks.md).
+/// -DDSV4_GEMM_REF_MIN_M=N overrides it (a huge N measures the row kernels alone; the bits
+/// are the same either way).
 #ifndef DSV4_GEMM_REF_MIN_M
 #  define DSV4_GEMM_REF_MIN_M 4
 #endif
@@ -825,9 +826,7 @@ DSV4_INLINE void gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, std::s
         },
         [&](std::size_t mi, std::size_t n, float v) { store_out(out, mi, n, v); });
 }
-}  // namespace gemv_detail
 
-namespace gemv_detail {
 /// The reference gate+up path on the row kernel (all M).
 template <class Arch>
 void fp4_gate_up_row_path(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
@@ -842,8 +841,8 @@ void fp4_gate_up_row_path(const fp4_matrix& w1, const fp4_matrix& w3, const f32_
 
 /// Fused routed-expert gate+up (spec §8.2), reference mode: for rows [r0, r1) of w1/w3
 /// (same shape), h[m, n] = swiglu(bf16(w1 x), bf16(w3 x)). One pass: the activation tile
-/// is read from L1 for both matrices.
-/// From gemm_ref_min_m rows, the GEMM of gemm_ref.hpp (the same bits).
+/// is read from L1 for both matrices. From gemm_ref_min_m rows, the GEMM of gemm_ref.hpp
+/// (the same bits).
 template <class Arch>
 void fp4_gate_up_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_rows& x, const swiglu_epilogue& e,
                       const gemv_out& out, std::size_t r0, std::size_t r1) noexcept {
