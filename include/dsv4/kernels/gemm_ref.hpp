@@ -175,30 +175,39 @@ struct plain_store {
     }
 };
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-/// The GEMM over output rows [r0, r1) in row blocks of NB: rows(nb0, nb1, vr) lists the
-/// block's weight rows and returns how many (0: the block takes the row kernel, all M);
-/// emit(nb0, nb1, m0, mr, y) writes a tile's results; row_path(m0, n0, n1) runs the row
-/// kernel for activation rows [m0, M) (the remainder under MR / 2 rows).
+/// The GEMM over output rows [r0, r1) in row blocks of NB where the tier has it and
+/// `applies` (k fits the row kernel's block loop); else row_path(0, r0, r1). rows(nb0, nb1,
+/// vr) lists a block's weight rows and returns how many (0: the block takes the row kernel,
+/// all M); emit(nb0, nb1, m0, mr, y) writes a tile's results; row_path(m0, n0, n1) runs the
+/// row kernel for activation rows [m0, M) (also the remainder of under MR / 2 rows).
 template <class Arch, bool Fp8, class Rows, class Emit, class RowPath>
-DSV4_INLINE void run_rows(const f32_rows& x, std::size_t k, std::size_t r0, std::size_t r1, Rows&& rows, Emit&& emit,
-                          RowPath&& row_path) noexcept {
-    const std::size_t mg = gemm_rows(x.m, tile_mr);
-    for (std::size_t nb0 = r0; nb0 < r1; nb0 += NB) {
-        const std::size_t nb1 = std::min(r1, nb0 + NB);
-        wrow vr[2 * NB];
-        const std::size_t nv = rows(nb0, nb1, vr);
-        if (nv == 0) {
-            row_path(0, nb0, nb1);
-            continue;
+DSV4_INLINE void run_rows(bool applies, const f32_rows& x, std::size_t k, std::size_t r0, std::size_t r1, Rows&& rows,
+                          Emit&& emit, RowPath&& row_path) noexcept {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    if constexpr (supported<Arch>) {
+        if (applies) {
+            const std::size_t mg = gemm_rows(x.m, tile_mr);
+            for (std::size_t nb0 = r0; nb0 < r1; nb0 += NB) {
+                const std::size_t nb1 = std::min(r1, nb0 + NB);
+                wrow vr[2 * NB];
+                const std::size_t nv = rows(nb0, nb1, vr);
+                if (nv == 0) {
+                    row_path(0, nb0, nb1);
+                    continue;
+                }
+                run_block<Arch, Fp8, tile_mr, tile_nr>(vr, nv, x, mg, k,
+                                                       [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE {
+                                                           emit(nb0, nb1, m0, mr, y);
+                                                       });
+            }
+            if (mg < x.m) row_path(mg, r0, r1);
+            return;
         }
-        run_block<Arch, Fp8, tile_mr, tile_nr>(vr, nv, x, mg, k, [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE {
-            emit(nb0, nb1, m0, mr, y);
-        });
     }
-    if (mg < x.m) row_path(mg, r0, r1);
-}
 #endif
+    (void)applies, (void)x, (void)k, (void)rows, (void)emit;
+    row_path(0, r0, r1);
+}
 
 /// Rows [m0, x.m) of x / out as views of their own.
 inline f32_rows rows_from(const f32_rows& x, std::size_t m0) noexcept { return {x.x + m0 * x.stride, x.stride, x.m - m0}; }
@@ -222,29 +231,20 @@ void fp8_gemm_ref_rows(const fp8_matrix& w, const f32_rows& x, const gemv_out& o
     const auto row_path = [&](std::size_t m0, std::size_t n0, std::size_t n1) {
         gemv_detail::fp8_row_path<Arch>(w, gemm_ref_detail::rows_from(x, m0), gemm_ref_detail::out_from(out, m0), n0, n1);
     };
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    if constexpr (gemm_ref_detail::supported<Arch>) {
-        if (w.k % 128 == 0) {
-            const std::size_t nsb = w.k / 128;
-            gemm_ref_detail::run_rows<Arch, true>(
-                x, w.k, r0, r1,
-                [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) -> std::size_t {
-                    // every scale of the block's scale rows in the fold range, else the row kernel
-                    for (std::size_t g = nb0 / 128; g <= (nb1 - 1) / 128; ++g)
-                        for (std::size_t b = 0; b < nsb; ++b) {
-                            const uint8_t e = w.scale[g * w.scale_stride + b];
-                            if (e < gemv_detail::fp8_fold_e_min || e > gemv_detail::fp8_fold_e_max) return 0;
-                        }
-                    for (std::size_t n = nb0; n < nb1; ++n)
-                        vr[n - nb0] = {w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride};
-                    return nb1 - nb0;
-                },
-                gemm_ref_detail::plain_store{out}, row_path);
-            return;
-        }
-    }
-#endif
-    row_path(0, r0, r1);
+    const std::size_t nsb = w.k / 128;
+    gemm_ref_detail::run_rows<Arch, true>(
+        w.k % 128 == 0, x, w.k, r0, r1,
+        [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) -> std::size_t {
+            // every scale of the block's scale rows in the fold range, else the row kernel
+            for (std::size_t g = nb0 / 128; g <= (nb1 - 1) / 128; ++g)
+                for (std::size_t b = 0; b < nsb; ++b) {
+                    const uint8_t e = w.scale[g * w.scale_stride + b];
+                    if (e < gemv_detail::fp8_fold_e_min || e > gemv_detail::fp8_fold_e_max) return 0;
+                }
+            for (std::size_t n = nb0; n < nb1; ++n) vr[n - nb0] = {w.w + n * w.w_stride, w.scale + (n / 128) * w.scale_stride};
+            return nb1 - nb0;
+        },
+        gemm_ref_detail::plain_store{out}, row_path);
 }
 
 /// Reference FP4 GEMV rows [r0, r1) through the GEMM where the tier has it.
@@ -254,21 +254,13 @@ void fp4_gemm_ref_rows(const fp4_matrix& w, const f32_rows& x, const gemv_out& o
     const auto row_path = [&](std::size_t m0, std::size_t n0, std::size_t n1) {
         gemv_detail::fp4_row_path<Arch>(w, gemm_ref_detail::rows_from(x, m0), gemm_ref_detail::out_from(out, m0), n0, n1);
     };
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    if constexpr (gemm_ref_detail::supported<Arch>) {
-        if (w.k % 32 == 0) {
-            gemm_ref_detail::run_rows<Arch, false>(
-                x, w.k, r0, r1,
-                [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) {
-                    for (std::size_t n = nb0; n < nb1; ++n) vr[n - nb0] = {w.w + n * w.w_stride, w.scale + n * w.scale_stride};
-                    return nb1 - nb0;
-                },
-                gemm_ref_detail::plain_store{out}, row_path);
-            return;
-        }
-    }
-#endif
-    row_path(0, r0, r1);
+    gemm_ref_detail::run_rows<Arch, false>(
+        w.k % 32 == 0, x, w.k, r0, r1,
+        [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) {
+            for (std::size_t n = nb0; n < nb1; ++n) vr[n - nb0] = {w.w + n * w.w_stride, w.scale + n * w.scale_stride};
+            return nb1 - nb0;
+        },
+        gemm_ref_detail::plain_store{out}, row_path);
 }
 
 /// Reference fused gate+up rows [r0, r1) through the GEMM: each row block's w1 and w3 rows
@@ -281,34 +273,26 @@ void fp4_gate_up_ref_rows(const fp4_matrix& w1, const fp4_matrix& w3, const f32_
         gemv_detail::fp4_gate_up_row_path<Arch>(w1, w3, gemm_ref_detail::rows_from(x, m0), em,
                                                 gemm_ref_detail::out_from(out, m0), n0, n1);
     };
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-    if constexpr (gemm_ref_detail::supported<Arch>) {
-        if (w1.k % 32 == 0) {
-            gemm_ref_detail::run_rows<Arch, false>(
-                x, w1.k, r0, r1,
-                [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) {
-                    const std::size_t nn = nb1 - nb0;
-                    for (std::size_t n = nb0; n < nb1; ++n) {
-                        vr[n - nb0] = {w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride};
-                        vr[nn + n - nb0] = {w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride};
-                    }
-                    return 2 * nn;
-                },
-                [&](std::size_t nb0, std::size_t nb1, std::size_t m0, std::size_t mr, const float* y) {
-                    const std::size_t nn = nb1 - nb0;
-                    for (std::size_t j = 0; j < mr; ++j) {
-                        const float rw = e.route_weights ? e.route_weights[m0 + j] : 1.0f;
-                        for (std::size_t i = 0; i < nn; ++i)
-                            gemv_detail::store_out(out, m0 + j, nb0 + i,
-                                                   gemv_detail::swiglu(y[j * 2 * nn + i], y[j * 2 * nn + nn + i], rw, e.limit));
-                    }
-                },
-                row_path);
-            return;
-        }
-    }
-#endif
-    row_path(0, r0, r1);
+    gemm_ref_detail::run_rows<Arch, false>(
+        w1.k % 32 == 0, x, w1.k, r0, r1,
+        [&](std::size_t nb0, std::size_t nb1, gemm_ref_detail::wrow* vr) {
+            const std::size_t nn = nb1 - nb0;
+            for (std::size_t n = nb0; n < nb1; ++n) {
+                vr[n - nb0] = {w1.w + n * w1.w_stride, w1.scale + n * w1.scale_stride};
+                vr[nn + n - nb0] = {w3.w + n * w3.w_stride, w3.scale + n * w3.scale_stride};
+            }
+            return 2 * nn;
+        },
+        [&](std::size_t nb0, std::size_t nb1, std::size_t m0, std::size_t mr, const float* y) {
+            const std::size_t nn = nb1 - nb0;
+            for (std::size_t j = 0; j < mr; ++j) {
+                const float rw = e.route_weights ? e.route_weights[m0 + j] : 1.0f;
+                for (std::size_t i = 0; i < nn; ++i)
+                    gemv_detail::store_out(out, m0 + j, nb0 + i,
+                                           gemv_detail::swiglu(y[j * 2 * nn + i], y[j * 2 * nn + nn + i], rw, e.limit));
+            }
+        },
+        row_path);
 }
 
 }  // namespace kernels
