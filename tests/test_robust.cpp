@@ -783,6 +783,8 @@ TEST_CASE("robust: mHC, MoE and sampling preconditions") {
         {"moe phase without begin", [&] { dsv4::moe_gate_rows(dsv4::moe_run{}); }, {"dsv4::moe_gate_rows", "moe_begin"}},
         {"moe route without begin", [&] { dsv4::moe_run r; dsv4::moe_route(r); }, {"dsv4::moe_route", "moe_begin"}},
         {"moe down without begin", [&] { dsv4::moe_down(dsv4::moe_run{}); }, {"dsv4::moe_down", "moe_begin"}},
+        {"moe down by expert without begin", [&] { dsv4::moe_down_experts(dsv4::moe_run{}); },
+         {"dsv4::moe_down_experts", "moe_begin"}},
         {"sampler temperature", [&] { dsv4::sampler s(4, {-1.0f, 1.0f, 0}); }, {"sampler", "temperature"}},
         {"sampler top_p", [&] { dsv4::sampler s(4, {1.0f, 0.0f, 0}); }, {"sampler", "top_p"}},
         {"sampler vocab 0", [&] { dsv4::sampler s(0, {}); }, {"sampler", "vocab"}},

@@ -37,6 +37,12 @@
 //                                  group (two FP8 GEMVs + SwiGLU)
 //   5 moe_down(run, r0, r1)        rows [r0, r1) of dim: every active expert's w2 (ascending
 //                                  id), the shared w2, and the combine of those columns
+//   (prefill) when moe_down_by_expert(run), phase 5 comes in two: first
+//     moe_down_experts(run, u0, u1) over units (active expert, moe_down_rows rows of dim),
+//     then moe_down(run, r0, r1, false) (shared w2 and combine only). A unit runs one
+//     expert's w2 over 1024 rows in one call, where phase 5 alone calls it once per 64-row
+//     item for every expert (re-reading the expert's activations and restarting the GEMM's
+//     weight stream each time: 0.6-0.8x the rate at ~12 rows per expert, Zen 4). Same bits.
 // Decode (T = 1) is the same path with the 6 selected experts + the shared one and no gather.
 // In prefill each expert's weights stream from memory once per chunk (its tokens form one
 // GEMM of M = n_e rows, tiled by gemv_m_tile in L1). moe_forward_on(ex, ...) runs the phases
@@ -584,27 +590,63 @@ inline void moe_up(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_ro
     }
 }
 
+namespace detail {
+/// Routed expert a's (the a-th active one) w2 for output rows [r0, r1): bf16 into r.ro.
+inline void moe_expert_down(const moe_run& r, std::size_t a, std::size_t r0, std::size_t r1) {
+    const moe_config& c = *r.cfg;
+    const std::size_t I = c.inter, D = c.dim;
+    const uint32_t e = r.active[a];
+    const std::size_t off = r.offset[e], n = r.count[e];
+    const gemv_out out{nullptr, r.ro + off * D, D};
+    if (c.numerics == moe_numerics::fast)
+        fp4_gemv_q8(r.w->experts[e].w2,
+                    q8_rows{r.hq + off * I, I, r.hd + off * (I / 32), I / 32, r.hc + off * (I / 32), I / 32, n}, out, r0, r1);
+    else
+        fp4_gemv(r.w->experts[e].w2, f32_rows{r.hf + off * I, I, n}, out, r0, r1);
+}
+}  // namespace detail
+
+/// Rows of dim per unit of moe_down_experts.
+inline constexpr std::size_t moe_down_rows = 1024;
+
+/// Whether a driver runs phase 5 as moe_down_experts + moe_down(.., false) (prefill: at least
+/// 4 tokens per active expert on average, where the routed w2 GEMMs profit from whole-expert
+/// calls) or as moe_down alone (decode, short extends: one parallel region). Same bits.
+inline bool moe_down_by_expert(const moe_run& r) noexcept {
+    return r.cfg && r.n_active > 0 && r.tokens * r.cfg->topk >= 4 * r.n_active;
+}
+
+/// Work units of moe_down_experts: n_active x ceil(dim / moe_down_rows).
+inline std::size_t moe_down_units(const moe_run& r) noexcept {
+    return r.cfg ? r.n_active * ((r.cfg->dim + moe_down_rows - 1) / moe_down_rows) : 0;
+}
+
+/// Phase 5a (when moe_down_by_expert): units [u0, u1). Unit u = (active expert u / nch, rows
+/// [moe_down_rows c, moe_down_rows (c + 1)) of dim, c = u % nch): bf16(w2 h) of that expert
+/// for its tokens. moe_down(run, r0, r1, false) then adds the shared expert and combines.
+inline void moe_down_experts(const moe_run& r, std::size_t u0 = 0, std::size_t u1 = all_rows) {
+    detail::check_run(r, "moe_down_experts");
+    detail::check_rows(u0, u1, moe_down_units(r), "moe_down_experts");
+    const std::size_t D = r.cfg->dim, nch = (D + moe_down_rows - 1) / moe_down_rows;
+    if (r.tokens == 0) return;
+    for (std::size_t u = u0; u < u1; ++u) {
+        const std::size_t c0 = (u % nch) * moe_down_rows;
+        detail::moe_expert_down(r, u / nch, c0, std::min(D, c0 + moe_down_rows));
+    }
+}
+
 /// Phase 5: output rows [r0, r1) of dim: bf16(w2 h) of every active expert in ascending id
-/// and of the shared expert, then y[t, r0:r1] = bf16(f32 sum of the token's expert outputs in
-/// ascending expert id, then the shared output), spec §8.4.
-inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_rows) {
+/// (unless `routed` is false: moe_down_experts has computed them) and of the shared expert,
+/// then y[t, r0:r1] = bf16(f32 sum of the token's expert outputs in ascending expert id, then
+/// the shared output), spec §8.4.
+inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_rows, bool routed = true) {
     detail::check_run(r, "moe_down");
     const moe_config& c = *r.cfg;
     detail::check_rows(r0, r1, c.dim, "moe_down");
     const std::size_t I = c.inter, D = c.dim, K = c.topk, T = r.tokens;
     if (T == 0 || r0 == r1) return;
-    const bool fast = c.numerics == moe_numerics::fast;
-    for (std::size_t a = 0; a < r.n_active; ++a) {
-        const uint32_t e = r.active[a];
-        const std::size_t off = r.offset[e], n = r.count[e];
-        const gemv_out out{nullptr, r.ro + off * D, D};
-        if (fast)
-            fp4_gemv_q8(r.w->experts[e].w2,
-                        q8_rows{r.hq + off * I, I, r.hd + off * (I / 32), I / 32, r.hc + off * (I / 32), I / 32, n}, out, r0,
-                        r1);
-        else
-            fp4_gemv(r.w->experts[e].w2, f32_rows{r.hf + off * I, I, n}, out, r0, r1);
-    }
+    if (routed)
+        for (std::size_t a = 0; a < r.n_active; ++a) detail::moe_expert_down(r, a, r0, r1);
     if (r.shared_bf16)
         fp8_gemv_bf16(r.w->shared.w2, bf16_block_rows{r.shb, I, r.shs, I / 128, T}, gemv_out{nullptr, r.so, D}, r0, r1);
     else
@@ -622,6 +664,17 @@ inline void moe_down(const moe_run& r, std::size_t r0 = 0, std::size_t r1 = all_
 inline constexpr std::size_t moe_gate_grain = 16;
 inline constexpr std::size_t moe_down_grain = 64;
 
+/// Phase 5 through an executor: by expert then shared + combine (moe_down_by_expert), else
+/// one region of moe_down items.
+template <class Exec> void moe_down_on(Exec&& ex, const moe_run& r) {
+    if (moe_down_by_expert(r)) {
+        ex(moe_down_units(r), 1, [&](std::size_t a, std::size_t b) { moe_down_experts(r, a, b); });
+        ex(r.cfg->dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b, false); });
+    } else {
+        ex(r.cfg->dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b); });
+    }
+}
+
 /// The MoE layer (spec §8) for T tokens, in chunks of scratch.max_tokens, with the phases'
 /// work items run through an executor (executor.hpp: serial_executor, par::tbb_executor or a
 /// foreign pool's). Same bits whatever the executor.
@@ -638,7 +691,7 @@ void moe_forward_on(Exec&& ex, const moe_config& c, const moe_weights& w, const 
         moe_route(r);
         ex(n, 1, [&](std::size_t a, std::size_t b) { moe_prepare(r, a, b); });
         ex(moe_up_units(r), 1, [&](std::size_t a, std::size_t b) { moe_up(r, a, b); });
-        ex(c.dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b); });
+        moe_down_on(ex, r);
     }
 }
 

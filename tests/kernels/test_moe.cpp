@@ -447,6 +447,13 @@ TEST_CASE("moe: decode, chunked prefill, threads and foreign-pool phase splits g
         for (std::size_t u = dsv4::moe_up_units(r); u-- > 0;) dsv4::moe_up(r, u, u + 1);
         for (std::size_t r0 = 0; r0 < mc.D; r0 += 37) dsv4::moe_down(r, r0, std::min(mc.D, r0 + 37));
         CHECK(y == whole);
+        // phase 5 by expert (what the drivers do in prefill): routed units back to front,
+        // then the shared expert and the combine without them
+        CHECK(dsv4::moe_down_by_expert(r));  // 64 tokens x top-6 over at most 16 experts
+        std::fill(y.begin(), y.end(), uint16_t(0xFFFF));
+        for (std::size_t u = dsv4::moe_down_units(r); u-- > 0;) dsv4::moe_down_experts(r, u, u + 1);
+        for (std::size_t r0 = 0; r0 < mc.D; r0 += 37) dsv4::moe_down(r, r0, std::min(mc.D, r0 + 37), false);
+        CHECK(y == whole);
         // a foreign executor: ranges of 3 items, run back to front
         auto odd_pool = [](std::size_t n, std::size_t, auto&& f) {
             for (std::size_t a = (n + 2) / 3 * 3; a > 0; a -= 3) {
@@ -462,6 +469,37 @@ TEST_CASE("moe: decode, chunked prefill, threads and foreign-pool phase splits g
         scratch_buf sb2(c, 64);
         dsv4::moe_forward(c, w, xy.data(), mc.D, nullptr, mc.T, xy.data(), mc.D, sb2.s);
         CHECK(xy == whole);
+    }
+}
+
+TEST_CASE("moe: phase 5 by expert over several row chunks (D = 4096) gives the same bits") {
+    const moe_case mc("moe_d4096");
+    for (auto num : {dsv4::moe_numerics::reference, dsv4::moe_numerics::fast}) {
+        CAPTURE(int(num));
+        const auto whole = run_moe(mc, num, 64);
+        const auto c = mc.config(num);
+        const auto w = mc.weights();
+        scratch_buf sb(c, 64);
+        std::vector<uint16_t> y(mc.T * mc.D, 0xFFFF);
+        dsv4::moe_run r = dsv4::moe_begin(c, w, mc.x.data(), mc.D, nullptr, mc.T, y.data(), mc.D, sb.s);
+        dsv4::moe_gate_rows(r);
+        dsv4::moe_route(r);
+        dsv4::moe_prepare(r);
+        dsv4::moe_up(r);
+        // 4 tokens x top-6 over 8 experts: too few rows per expert for the split, callable all the same
+        CHECK_FALSE(dsv4::moe_down_by_expert(r));
+        const std::size_t nch = mc.D / dsv4::moe_down_rows;
+        REQUIRE(nch == 4);
+        REQUIRE(dsv4::moe_down_units(r) == r.n_active * nch);
+        // the odd units back to front, then the even ones
+        const std::size_t U = dsv4::moe_down_units(r);
+        for (std::size_t u = U; u-- > 0;)
+            if (u % 2) dsv4::moe_down_experts(r, u, u + 1);
+        for (std::size_t u = 0; u < U; u += 2) dsv4::moe_down_experts(r, u, u + 1);
+        dsv4::moe_down(r, 0, 1000, false);
+        dsv4::moe_down(r, 1000, mc.D, false);
+        CHECK(y == whole);
+        CHECK_THROWS_AS(dsv4::moe_down_experts(r, 0, U + 1), dsv4::error);
     }
 }
 

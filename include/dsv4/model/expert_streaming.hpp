@@ -248,7 +248,7 @@ inline void streamed_moe_forward(expert_streamer& st, std::size_t layer, const m
                 for (std::size_t u = a * nch; u < (a + 1) * nch; ++u) units.push_back(u);
                 run_units(units);
             }
-        ex(c.dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b); });
+        moe_down_on(ex, r);
     }
 }
 
