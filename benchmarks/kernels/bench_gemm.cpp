@@ -1,6 +1,7 @@
 // Small-M FP8 GEMM (kernels/gemm_fp8.hpp) at V4-Flash shapes, as the prefill runs it: M in
-// {4, 5, 8, 12, 16, 32, 64} activation rows (4: the row kernel, 5: the GEMM's first size,
-// 12: the AVX2 tiers' crossover with the reference path, fp8_bf16_min_m_avx2), the row-range
+// {4, 5, 8, 12, 16, 32, 64, 512} activation rows (4: the row kernel, 5: the GEMM's first size,
+// 12: the AVX2 tiers' crossover with the reference path, fp8_bf16_min_m_avx2; 512: a whole
+// default prefill chunk, SIMD tiers only), the row-range
 // kernels split over threads as par:: does (grain 32). One weight copy per shape, re-read every iteration (the GEMM is compute-bound
 // from M = 8: 16 flops per weight byte).
 //   gemm_fp8/<tier>/<name>/m<M>/t<T>       fast FP8 mode (fp8_gemv_bf16_rows: the GEMM from
@@ -71,8 +72,9 @@ void bm_gemm_fp8(benchmark::State& st, dsv4::tier t, shape s, std::size_t m, int
 const bool registered = [] {
     for (dsv4::tier t : bench::tiers())
         for (int th : bench::thread_counts())
-            for (std::size_t m : {4, 5, 8, 12, 16, 32, 64})
-                for (const shape& s : shapes)
+            for (std::size_t m : {4, 5, 8, 12, 16, 32, 64, 512})
+                for (const shape& s : shapes) {
+                    if (m == 512 && t == dsv4::tier::scalar) continue;  // minutes per iteration
                     for (bool fast : {true, false})
                         benchmark::RegisterBenchmark((std::string(fast ? "gemm_fp8/" : "gemm_fp8_ref/") +
                                                       bench::tier_str(t) + "/" + s.name + "/m" + std::to_string(m) +
@@ -81,6 +83,7 @@ const bool registered = [] {
                                                      bm_gemm_fp8, t, s, m, th, fast)
                             ->UseRealTime()
                             ->Unit(benchmark::kMicrosecond);
+                }
     return true;
 }();
 

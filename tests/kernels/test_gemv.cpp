@@ -707,7 +707,7 @@ TEST_CASE("gemv: FP8 fast mode propagates non-finite activations and NaN scales"
     for (float v : y) CHECK(std::isnan(v));
 }
 
-TEST_CASE("gemv: FP8 fast mode small-M GEMM (M = 4..70, kernels/gemm_fp8.hpp) within its bound, any row split") {
+TEST_CASE("gemv: FP8 fast mode small-M GEMM (M = 4..263, kernels/gemm_fp8.hpp) within its bound, any row split") {
     // M >= fp8_gemm_min_m = 5 runs the GEMM on every SIMD tier (the row kernel on scalar and for M = 4):
     // every output within (128 + K/128) * 2^-24 * sum|a w| of the exact sum of the products the
     // fast path keeps (fp8_fast_expect's dropped terms added), within both bounds of the scalar
@@ -728,9 +728,10 @@ TEST_CASE("gemv: FP8 fast mode small-M GEMM (M = 4..70, kernels/gemm_fp8.hpp) wi
         for (std::size_t b = 0; b < nb; ++b) sc[i * (nb + 1) + b] = uint8_t(i == 2 && b == 1 ? 3 : 112 + r.u32() % 12);
     const dsv4::fp8_matrix W{w.data(), k + wpad, sc.data(), nb + 1, n, k};
     const double u = 0x1p-24;
-    // 24: two full 12-row tiles of the AVX-512 f32 variant; 70: a second 64-row chunk
+    // 24: two full 12-row tiles of the AVX-512 f32 variant; 70: a second 64-row chunk of the
+    // f32 variant; 263: a second 256-row chunk of the bf16 one
     for (std::size_t m : {std::size_t(4), std::size_t(5), std::size_t(8), std::size_t(13), std::size_t(24), std::size_t(32),
-                          std::size_t(64), std::size_t(70)}) {
+                          std::size_t(64), std::size_t(70), std::size_t(263)}) {
         CAPTURE(m);
         const std::size_t xs = k + 24;
         std::vector<float> a(m * xs, std::numeric_limits<float>::quiet_NaN());
