@@ -23,8 +23,9 @@
 // fewer rows repeats its last row; a remainder of under MR / 2 rows takes the row kernel),
 // per tile, panels of NR weight rows (the last one repeats its last row). Stack: about
 // 6 KiB, no heap, no state.
-// The AVX2 tiers and scalar keep the row kernels (the AVX2 FP8 row already reaches ~0.4 of
-// its FMA ceiling: half-width loads, and 16 registers leave no room for such a tile).
+// The AVX2 tiers and scalar keep the row kernels: the AVX2 FP8 row is already a 4 x 1 tile at
+// ~0.4 of its FMA ceiling whatever M, and the variants with its bits (K slices, 6- and
+// 8-row tiles, a shared decoded block) measured 0.4-1.28x (docs/benchmarks.md).
 #pragma once
 
 #include "../gemv_types.hpp"
