@@ -447,11 +447,11 @@ TEST_CASE("moe: decode, chunked prefill, threads and foreign-pool phase splits g
         for (std::size_t u = dsv4::moe_up_units(r); u-- > 0;) dsv4::moe_up(r, u, u + 1);
         for (std::size_t r0 = 0; r0 < mc.D; r0 += 37) dsv4::moe_down(r, r0, std::min(mc.D, r0 + 37));
         CHECK(y == whole);
-        // phase 5 by expert (what the drivers do in prefill): routed units back to front,
-        // then the shared expert and the combine without them
+        // phase 5 by expert (what the drivers do in prefill): every routed unit (the default
+        // range), then the shared expert and the combine without them
         CHECK(dsv4::moe_down_by_expert(r));  // 64 tokens x top-6 over at most 16 experts
         std::fill(y.begin(), y.end(), uint16_t(0xFFFF));
-        for (std::size_t u = dsv4::moe_down_units(r); u-- > 0;) dsv4::moe_down_experts(r, u, u + 1);
+        dsv4::moe_down_experts(r);
         for (std::size_t r0 = 0; r0 < mc.D; r0 += 37) dsv4::moe_down(r, r0, std::min(mc.D, r0 + 37), false);
         CHECK(y == whole);
         // a foreign executor: ranges of 3 items, run back to front
