@@ -24,7 +24,7 @@ inline namespace DSV4_ISA_NS {
 struct attention_plan {
     std::size_t S = 0, width = 0, kv_buf_rows = 0;  ///< list width; rows of the KV copy (0: the cache itself)
     std::size_t index_scratch = 0, comp_scratch = 0, attn_scratch = 0;  ///< bytes
-    std::size_t wo_rows = 0;  ///< tokens per wo_a call (<= 32)
+    std::size_t wo_rows = 0;  ///< tokens per wo_a call (<= 128: its f32 and bf16 copies of o, 25 MiB)
 
     /// Workspace bytes, every buffer counted (an upper bound of the stack's peak).
     std::size_t bytes(const model_context& m) const {
@@ -59,7 +59,7 @@ inline attention_plan plan_attention(const model_context& m, uint32_t r, std::si
     }
     if (r) P.comp_scratch = compressor_scratch_bytes(m.comp_cfg(r), m.D);
     P.attn_scratch = sparse_attention_parallel_scratch_bytes(m.H, m.hd);
-    P.wo_rows = std::min<std::size_t>(S, 32);
+    P.wo_rows = std::min<std::size_t>(S, 128);
     return P;
 }
 
@@ -245,9 +245,11 @@ inline void attention_block(const model_context& m, const layer_weights& w, laye
     uint16_t* ob = ws.take<uint16_t>(P.wo_rows * qw);
     int32_t* osh = ws.take<int32_t>(P.wo_rows * qw / 128);
     uint16_t* u = ws.take<uint16_t>(S * GR);
-    for (std::size_t t0 = 0; t0 < S; t0 += 32) {
-        const std::size_t rows = std::min<std::size_t>(32, S - t0);
-        decode_bf16(o + t0 * qw, of, rows * qw);
+    for (std::size_t t0 = 0; t0 < S; t0 += P.wo_rows) {
+        const std::size_t rows = std::min<std::size_t>(P.wo_rows, S - t0);
+        par::for_rows(rows, act_prep_grain, [&](std::size_t r0, std::size_t r1) {
+            decode_bf16(o + (t0 + r0) * qw, of + r0 * qw, (r1 - r0) * qw);
+        });
         fp8_project(m, w.wo_a, G, of, rows, ob, osh, gemv_out{nullptr, u + t0 * GR, GR});
     }
     fp8_linear(m, w.wo_b, u, GR, S, out, m.D, ws);

@@ -121,13 +121,18 @@ inline void init_model_context(model_context& m) {
     m.moe.numerics = m.opt.numerics;
 }
 
+/// Rows per work item when a chunk's activations are prepared (quantised, widened) in parallel.
+inline constexpr std::size_t act_prep_grain = 16;
+
 /// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16(m)
 /// picks; xb / sh: room for the bf16 blocks of xf when it picks fp8_gemv_bf16.
 inline void fp8_project(const model_context& c, const fp8_matrix& w, std::size_t groups, const float* xf,
                         std::size_t m, uint16_t* xb, int32_t* sh, const gemv_out& out) {
     const std::size_t kx = groups * w.k;
     if (c.fp8_bf16(m)) {
-        to_bf16_blocks(xf, kx, m, kx, xb, kx, sh, kx / 128);
+        par::for_rows(m, act_prep_grain, [&](std::size_t r0, std::size_t r1) {
+            to_bf16_blocks(xf + r0 * kx, kx, r1 - r0, kx, xb + r0 * kx, kx, sh + r0 * (kx / 128), kx / 128);
+        });
         const bf16_block_rows x{xb, kx, sh, kx / 128, m};
         if (groups == 1) par::fp8_gemv_bf16(w, x, out);
         else par::fp8_grouped_gemv_bf16(w, groups, x, out);
@@ -138,9 +143,13 @@ inline void fp8_project(const model_context& c, const fp8_matrix& w, std::size_t
     }
 }
 
-/// Tokens per fp8_linear chunk: 64 rows keep the FP8 GEMM (kernels/gemm_fp8.hpp) at its
-/// best M (its panel decode amortised over 64 rows: ~7 % above 32 in bench_gemm).
-inline constexpr std::size_t fp8_linear_chunk = 64;
+/// Tokens per fp8_linear chunk: each chunk streams the whole weight matrix and runs the FP8
+/// GEMM (kernels/gemm_fp8.hpp) once, which is faster at 256 rows than at 64 (bench_gemm m512
+/// vs m64: 1.0-1.2x) and pays the per-chunk activation preparation a quarter as often
+/// (real-dims prefill 512, fast: 64 -> 256 rows, with wo_a's 32 -> 128, 1.03x at 1 thread,
+/// 1.10x at 2; docs/benchmarks.md). Workspace: K x 7 bytes per row (7 MiB at K = 4096).
+inline constexpr std::size_t fp8_linear_chunk = 256;
+
 
 /// Workspace bytes fp8_linear takes for K inputs and m rows (chunks of fp8_linear_chunk tokens).
 inline std::size_t fp8_linear_bytes(const model_context& c, std::size_t K, std::size_t m) {
@@ -167,8 +176,11 @@ inline void for_fp8_act_chunks(const model_context& c, std::size_t K, const uint
     int32_t* sh = bf ? ws.take<int32_t>(mc * (K / 128)) : nullptr;
     for (std::size_t a = 0; a < m; a += C) {
         const std::size_t n = std::min(C, m - a);
-        act_quant_fp8(x + a * x_stride, n, K, x_stride, 128, codes, K, scales, K / 128);
-        fp8_acts_to_f32(codes, K, scales, K / 128, n, K, xf, K);
+        par::for_rows(n, act_prep_grain, [&](std::size_t r0, std::size_t r1) {  // rows are independent
+            act_quant_fp8(x + (a + r0) * x_stride, r1 - r0, K, x_stride, 128, codes + r0 * K, K, scales + r0 * (K / 128),
+                          K / 128);
+            fp8_acts_to_f32(codes + r0 * K, K, scales + r0 * (K / 128), K / 128, r1 - r0, K, xf + r0 * K, K);
+        });
         fn(a, n, xf, xb, sh);
     }
     ws.release(mk);
@@ -204,7 +216,9 @@ inline void fp8_linear_pair(const model_context& c, const fp8_matrix& wa, uint16
             });
         };
         if (c.fp8_bf16(n)) {
-            to_bf16_blocks(xf, K, n, K, xb, K, sh, K / 128);
+            par::for_rows(n, act_prep_grain, [&](std::size_t r0, std::size_t r1) {
+                to_bf16_blocks(xf + r0 * K, K, r1 - r0, K, xb + r0 * K, K, sh + r0 * (K / 128), K / 128);
+            });
             project([](const fp8_matrix& w, const bf16_block_rows& xr, const gemv_out& o, std::size_t r0,
                        std::size_t r1) { dsv4::fp8_gemv_bf16(w, xr, o, r0, r1); },
                     bf16_block_rows{xb, K, sh, K / 128, n});
