@@ -1,5 +1,7 @@
-// tests/kernels/test_gemm_ref.cpp - the reference-numerics small-M GEMM (kernels/gemm_ref.hpp)
-// behind fp8_gemv_rows / fp4_gemv_rows / fp4_gate_up_rows (label: gemv).
+// tests/kernels/test_gemm_ref.cpp - the small-M GEMMs that claim their row kernels' bits: the
+// reference numerics' (kernels/gemm_ref.hpp) behind fp8_gemv_rows / fp4_gemv_rows /
+// fp4_gate_up_rows, and the BF16 one (kernels/gemm_bf16.hpp) behind bf16_gemv_bf16_rows
+// (label: gemv).
 //
 // The GEMM claims the row kernels' bits: every (m, n) equals what the row kernel gives for
 // that activation row alone (M = 1 never takes the GEMM), whatever M (full tiles, a padded
@@ -107,6 +109,30 @@ TEST_CASE("gemm_ref: reference fused gate+up GEMM = the row kernel's bits per ro
             CAPTURE(limit);
             check_same_bits(m, n, r, [&](std::size_t m0, std::size_t mm, const dsv4::gemv_out& o, std::size_t a, std::size_t b) {
                 act.fp4_gate_up_rows(W1.view(), W3.view(), X.rows(m0, mm), {rw.data() + m0, limit}, o, a, b);
+            });
+        }
+    }
+}
+
+TEST_CASE("gemm_bf16: BF16 x bf16 GEMM = the row kernel's bits per row, any split, any K remainder") {
+    const auto& act = active();
+    rng r(53);
+    // 4096: whole 128-blocks; 4000: three 32-steps after the last 128-block and no tail;
+    // 4011: the same plus 11 scalar products; 200: one 128-block; 96: none (chain 0 alone)
+    for (std::size_t k : {std::size_t(4096), std::size_t(4000), std::size_t(4011), std::size_t(200), std::size_t(96)}) {
+        CAPTURE(k);
+        const std::size_t n = 70, ws = k + 7, xs = k + 5;
+        std::vector<uint16_t> w(n * ws, 0x7FC0);  // NaN in the padding: never read
+        for (std::size_t i = 0; i < n; ++i)
+            for (std::size_t j = 0; j < k; ++j) w[i * ws + j] = dsv4::f32_to_bf16(r.normal());
+        const dsv4::bf16_matrix W{w.data(), ws, n, k};
+        for (std::size_t m : ms) {
+            CAPTURE(m);
+            std::vector<uint16_t> x(m * xs, 0x7FC0);
+            for (std::size_t i = 0; i < m; ++i)
+                for (std::size_t j = 0; j < k; ++j) x[i * xs + j] = dsv4::f32_to_bf16(r.normal());
+            check_same_bits(m, n, r, [&](std::size_t m0, std::size_t mm, const dsv4::gemv_out& o, std::size_t a, std::size_t b) {
+                act.bf16_gemv_bf16_rows(W, dsv4::bf16_rows{x.data() + m0 * xs, xs, mm}, o, a, b);
             });
         }
     }

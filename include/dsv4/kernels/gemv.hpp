@@ -53,6 +53,11 @@ namespace kernels {
 template <class Arch>
 bool fp8_gemm_bf16_rows(const fp8_matrix& w, const bf16_block_rows& x, const gemv_out& out, std::size_t r0,
                         std::size_t r1, std::size_t min_m) noexcept;
+/// Small-M GEMM of BF16 weights x bf16 activations (gemm_bf16.hpp, included at the end; the
+/// same bits as the row kernel): false where it does not run.
+template <class Arch>
+bool bf16_gemm_bf16_rows(const bf16_matrix& w, const bf16_rows& x, const gemv_out& out, std::size_t r0,
+                         std::size_t r1) noexcept;
 /// Small-M GEMM of the reference FP8 / FP4 paths (gemm_ref.hpp, included at the end; the
 /// same bits as the row kernels): the row kernels where the tier has no such GEMM.
 template <class Arch>
@@ -688,10 +693,12 @@ void bf16_gemv_rows(const bf16_matrix& w, const f32_rows& x, const gemv_out& out
     });
 }
 
-/// BF16 weights times bf16 activations (dot_bf16_bf16_row states the numerics).
+/// BF16 weights times bf16 activations (dot_bf16_bf16_row states the numerics); from
+/// gemm_bf16_min_m rows on avx512_bf16 the GEMM of gemm_bf16.hpp (the same bits).
 template <class Arch>
 void bf16_gemv_bf16_rows(const bf16_matrix& w, const bf16_rows& x, const gemv_out& out, std::size_t r0,
                          std::size_t r1) noexcept {
+    if (bf16_gemm_bf16_rows<Arch>(w, x, out, r0, r1)) return;
     gemv_detail::for_rows_and_tiles(
         x.m, r0, r1,
         [&]<std::size_t MT>(std::size_t n, std::size_t m0, float* y) {
@@ -881,3 +888,4 @@ void fp4_gate_up_q8_rows(const fp4_matrix& w1, const fp4_matrix& w3, const q8_ro
 
 #include "gemm_fp8.hpp"
 #include "gemm_ref.hpp"
+#include "gemm_bf16.hpp"
