@@ -667,12 +667,9 @@ inline constexpr std::size_t moe_down_grain = 64;
 /// Phase 5 through an executor: by expert then shared + combine (moe_down_by_expert), else
 /// one region of moe_down items.
 template <class Exec> void moe_down_on(Exec&& ex, const moe_run& r) {
-    if (moe_down_by_expert(r)) {
-        ex(moe_down_units(r), 1, [&](std::size_t a, std::size_t b) { moe_down_experts(r, a, b); });
-        ex(r.cfg->dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b, false); });
-    } else {
-        ex(r.cfg->dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b); });
-    }
+    const bool by_expert = moe_down_by_expert(r);
+    if (by_expert) ex(moe_down_units(r), 1, [&](std::size_t a, std::size_t b) { moe_down_experts(r, a, b); });
+    ex(r.cfg->dim, moe_down_grain, [&](std::size_t a, std::size_t b) { moe_down(r, a, b, !by_expert); });
 }
 
 /// The MoE layer (spec §8) for T tokens, in chunks of scratch.max_tokens, with the phases'

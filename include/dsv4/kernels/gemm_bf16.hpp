@@ -14,9 +14,9 @@
 // reduces the lanes (hsum) and adds the last k % 32 products with scalar FMAs. A chain depends
 // only on its own steps in k order, so the GEMM runs the four chains one after the other
 // ("chain-major", as gemm_ref.hpp) with the same instructions, then the same final sums.
-// Layout and stack as gemm_ref.hpp: row blocks of 32 weight rows, M tiles of 4 (a last tile
-// of 2-3 rows repeats its last row, a single leftover row takes the row kernel), ~5 KiB of
-// stack, no heap, no state. Other tiers keep the row kernel.
+// Layout and stack: gemm_ref.hpp's driver (run_block: row blocks of 32 weight rows, M tiles
+// of 4, a last tile of 2-3 rows repeating its last row), a single leftover row to the row
+// kernel; ~5 KiB of stack, no heap, no state. Other tiers keep the row kernel.
 #pragma once
 
 #include "../gemv_types.hpp"
@@ -33,7 +33,7 @@ inline constexpr std::size_t gemm_bf16_min_m = 4;
 namespace gemm_bf16_detail {
 
 #if defined(__AVX512BF16__)
-inline constexpr std::size_t tile_mr = 4, tile_nr = 4, NB = 32;
+inline constexpr std::size_t tile_mr = 4, tile_nr = 4;
 
 /// Chain c of an MR x NR tile into out[(j * NR + n) * 16 ..]: steps 32 c, 32 c + 128, ... of
 /// the whole-128 part (k4), and for chain 0 then the 32-steps of [k4, k32).
@@ -90,22 +90,19 @@ bool bf16_gemm_bf16_rows(const bf16_matrix& w, const bf16_rows& x, const gemv_ou
         using namespace gemm_bf16_detail;
         if (x.m < gemm_bf16_min_m) return false;
         const std::size_t mg = gemm_ref_detail::gemm_rows(x.m, tile_mr);
-        alignas(64) float y[tile_mr * tile_nr];
+        constexpr std::size_t NB = gemm_ref_detail::NB;  // run_block's row blocks
         for (std::size_t nb0 = r0; nb0 < r1; nb0 += NB) {
             const std::size_t nb1 = std::min(r1, nb0 + NB);
-            for (std::size_t m0 = 0; m0 < mg; m0 += tile_mr) {
-                const std::size_t mr = std::min(tile_mr, mg - m0);
-                const uint16_t* xp[tile_mr];
-                for (std::size_t j = 0; j < tile_mr; ++j) xp[j] = x.x + (m0 + std::min(j, mr - 1)) * x.stride;
-                for (std::size_t n0 = nb0; n0 < nb1; n0 += tile_nr) {
-                    const uint16_t* wp[tile_nr];
-                    for (std::size_t n = 0; n < tile_nr; ++n) wp[n] = w.w + std::min(n0 + n, nb1 - 1) * w.w_stride;
-                    tile<Arch, tile_mr, tile_nr>(wp, xp, w.k, y);
-                    for (std::size_t j = 0; j < mr; ++j)
-                        for (std::size_t n = 0; n < tile_nr && n0 + n < nb1; ++n)
-                            gemv_detail::store_out(out, m0 + j, n0 + n, y[j * tile_nr + n]);
-                }
-            }
+            const uint16_t* vr[NB];
+            for (std::size_t n = nb0; n < nb1; ++n) vr[n - nb0] = w.w + n * w.w_stride;
+            gemm_ref_detail::run_block<tile_mr, tile_nr>(
+                vr, nb1 - nb0, x.x, x.stride, mg,
+                [&](const uint16_t* const* pr, const uint16_t* const* xp, float* y) DSV4_LAMBDA_INLINE {
+                    tile<Arch, tile_mr, tile_nr>(pr, xp, w.k, y);
+                },
+                [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE {
+                    gemm_ref_detail::plain_store{out}(nb0, nb1, m0, mr, y);
+                });
         }
         if (mg < x.m) {  // a single leftover row: the row kernel
             for (std::size_t n = r0; n < r1; ++n) {

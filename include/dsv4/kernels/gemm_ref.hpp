@@ -144,21 +144,24 @@ inline std::size_t gemm_rows(std::size_t m, std::size_t mr) noexcept {
     return (r == 0 || 2 * r >= mr) ? m : m - r;
 }
 
-/// Runs the tiles of one row block: vr[0..nv) are its weight rows (for gate+up, w1's then
-/// w3's); emit(m0, mr, y) gets y[j * nv + v] for the tile's rows m0 .. m0 + mr.
-template <class Arch, bool Fp8, std::size_t MR, std::size_t NR, class Emit>
-DSV4_INLINE void run_block(const wrow* vr, std::size_t nv, const f32_rows& x, std::size_t mg, std::size_t k,
+/// Runs the tiles of one row block (here and in gemm_bf16.hpp): vr[0..nv) are its weight
+/// rows (for gate+up, w1's then w3's; nv <= 2 NB), x its activation rows (x_stride elements
+/// apart, [0, mg) in tiles); tile(pr, xp, y) fills y[j * NR + n] for MR activation rows x NR
+/// weight rows (a short last tile repeats its last row, a short last panel its last weight
+/// row); emit(m0, mr, y) gets y[j * nv + v] for the tile's rows m0 .. m0 + mr.
+template <std::size_t MR, std::size_t NR, class W, class T, class Tile, class Emit>
+DSV4_INLINE void run_block(const W* vr, std::size_t nv, const T* x, std::size_t x_stride, std::size_t mg, Tile&& tile,
                            Emit&& emit) noexcept {
     alignas(64) float yb[MR * 2 * NB];
     for (std::size_t m0 = 0; m0 < mg; m0 += MR) {
         const std::size_t mr = std::min(MR, mg - m0);
-        const float* xp[MR];
-        for (std::size_t j = 0; j < MR; ++j) xp[j] = x.x + (m0 + std::min(j, mr - 1)) * x.stride;
+        const T* xp[MR];
+        for (std::size_t j = 0; j < MR; ++j) xp[j] = x + (m0 + std::min(j, mr - 1)) * x_stride;
         for (std::size_t v0 = 0; v0 < nv; v0 += NR) {
-            wrow pr[NR];
+            W pr[NR];
             for (std::size_t n = 0; n < NR; ++n) pr[n] = vr[std::min(v0 + n, nv - 1)];
             float y[MR * NR];
-            tile<Arch, Fp8, MR, NR>(pr, xp, k, y);
+            tile(static_cast<const W*>(pr), static_cast<const T* const*>(xp), y);
             for (std::size_t j = 0; j < mr; ++j)
                 for (std::size_t n = 0; n < NR && v0 + n < nv; ++n) yb[j * nv + v0 + n] = y[j * NR + n];
         }
@@ -196,10 +199,12 @@ DSV4_INLINE void run_rows(bool applies, const f32_rows& x, std::size_t k, std::s
                     row_path(0, nb0, nb1);
                     continue;
                 }
-                run_block<Arch, Fp8, tile_mr, tile_nr>(vr, nv, x, mg, k,
-                                                       [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE {
-                                                           emit(nb0, nb1, m0, mr, y);
-                                                       });
+                run_block<tile_mr, tile_nr>(
+                    vr, nv, x.x, x.stride, mg,
+                    [&](const wrow* pr, const float* const* xp, float* y) DSV4_LAMBDA_INLINE {
+                        tile<Arch, Fp8, tile_mr, tile_nr>(pr, xp, k, y);
+                    },
+                    [&](std::size_t m0, std::size_t mr, const float* y) DSV4_LAMBDA_INLINE { emit(nb0, nb1, m0, mr, y); });
             }
             if (mg < x.m) row_path(mg, r0, r1);
             return;

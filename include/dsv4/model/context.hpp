@@ -124,15 +124,20 @@ inline void init_model_context(model_context& m) {
 /// Rows per work item when a chunk's activations are prepared (quantised, widened) in parallel.
 inline constexpr std::size_t act_prep_grain = 16;
 
+/// to_bf16_blocks of m rows of k (contiguous) in parallel over rows.
+inline void par_to_bf16_blocks(const float* xf, std::size_t k, std::size_t m, uint16_t* xb, int32_t* sh) {
+    par::for_rows(m, act_prep_grain, [&](std::size_t r0, std::size_t r1) {
+        to_bf16_blocks(xf + r0 * k, k, r1 - r0, k, xb + r0 * k, k, sh + r0 * (k / 128), k / 128);
+    });
+}
+
 /// out = xf [m, groups * w.k] (exact f32 activations) . w^T through the path fp8_bf16(m)
 /// picks; xb / sh: room for the bf16 blocks of xf when it picks fp8_gemv_bf16.
 inline void fp8_project(const model_context& c, const fp8_matrix& w, std::size_t groups, const float* xf,
                         std::size_t m, uint16_t* xb, int32_t* sh, const gemv_out& out) {
     const std::size_t kx = groups * w.k;
     if (c.fp8_bf16(m)) {
-        par::for_rows(m, act_prep_grain, [&](std::size_t r0, std::size_t r1) {
-            to_bf16_blocks(xf + r0 * kx, kx, r1 - r0, kx, xb + r0 * kx, kx, sh + r0 * (kx / 128), kx / 128);
-        });
+        par_to_bf16_blocks(xf, kx, m, xb, sh);
         const bf16_block_rows x{xb, kx, sh, kx / 128, m};
         if (groups == 1) par::fp8_gemv_bf16(w, x, out);
         else par::fp8_grouped_gemv_bf16(w, groups, x, out);
@@ -216,9 +221,7 @@ inline void fp8_linear_pair(const model_context& c, const fp8_matrix& wa, uint16
             });
         };
         if (c.fp8_bf16(n)) {
-            par::for_rows(n, act_prep_grain, [&](std::size_t r0, std::size_t r1) {
-                to_bf16_blocks(xf + r0 * K, K, r1 - r0, K, xb + r0 * K, K, sh + r0 * (K / 128), K / 128);
-            });
+            par_to_bf16_blocks(xf, K, n, xb, sh);
             project([](const fp8_matrix& w, const bf16_block_rows& xr, const gemv_out& o, std::size_t r0,
                        std::size_t r1) { dsv4::fp8_gemv_bf16(w, xr, o, r0, r1); },
                     bf16_block_rows{xb, K, sh, K / 128, n});
